@@ -1,0 +1,49 @@
+# The two commands: `make run` and `make test`. Everything they need is installed by the targets below.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WALSTREAM := $(VENV)/bin/walstream
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup run test unit lint stack-up stack-down stack-status tools clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Tools the chart tests need (helm and a Kubernetes schema validator), installed into .tools/.
+tools:
+	@if [ -f helm/install-tools.sh ]; then bash helm/install-tools.sh; fi
+
+run: setup
+	$(WALSTREAM) run
+
+test: setup tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check streams connectors tests
+	$(VENV)/bin/ruff format --check streams connectors tests
+	$(VENV)/bin/mypy
+
+stack-up: setup
+	$(WALSTREAM) stack up
+
+stack-down: setup
+	$(WALSTREAM) stack down
+
+stack-status: setup
+	$(WALSTREAM) stack status
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

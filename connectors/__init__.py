@@ -1,0 +1,1 @@
+"""Adapters from walstream's small protocols to the external systems it talks to."""

@@ -1,0 +1,1 @@
+"""The embedded stack: real Kafka, Cassandra and Elasticsearch run as local JVM processes."""

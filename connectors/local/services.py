@@ -1,0 +1,456 @@
+"""How each embedded service is configured, launched and judged ready (by a real client call)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from connectors.local.artifacts import ArtifactCache
+from connectors.local.errors import ServiceFailed, StackError
+from connectors.local.java import JavaRuntime
+from connectors.local.process import Launch, log_tail
+from streams.config import LocalStackSettings
+
+HOST = "127.0.0.1"
+
+
+class Service(ABC):
+    """One server of the stack. Its folder under the stack dir holds its config, data and log."""
+
+    name: str
+
+    def __init__(self, settings: LocalStackSettings, java: JavaRuntime) -> None:
+        self.settings = settings
+        self.java = java
+        self.dir = settings.stack_dir / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @abstractmethod
+    def ports(self) -> dict[str, int]:
+        """Setting name -> port, for every port the service binds."""
+
+    @property
+    @abstractmethod
+    def client_port(self) -> int: ...
+
+    @abstractmethod
+    def endpoint(self) -> str: ...
+
+    @abstractmethod
+    def fetch(self, cache: ArtifactCache) -> None:
+        """Make sure the artifacts are in the cache (the only step that may use the network)."""
+
+    @abstractmethod
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        """Write config files and return how to start the process."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """One quick, real client call; True when it succeeds."""
+
+    def _base_env(self) -> dict[str, str]:
+        keep = ("PATH", "LANG", "LC_ALL", "TZ")
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env["JAVA_HOME"] = str(self.java.home)
+        env["HOME"] = str(self.dir)
+        return env
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "kafka_port": self.settings.kafka_port,
+            "kafka_controller_port": self.settings.kafka_controller_port,
+        }
+
+    @property
+    def client_port(self) -> int:
+        return self.settings.kafka_port
+
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.settings.kafka_port}"
+
+    def fetch(self, cache: ArtifactCache) -> None:
+        cache.kafka_lib()
+
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        lib = cache.kafka_lib()
+        s = self.settings
+        data = self.dir / "data"
+        conf = self.dir / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{s.kafka_controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{s.kafka_port},CONTROLLER://{HOST}:{s.kafka_controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "delete.topic.enable": "true",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "log.retention.hours": "168",
+        }
+        server_props = conf / "server.properties"
+        server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log4j = conf / "log4j.properties"
+        log4j.write_text(
+            "log4j.rootLogger=INFO, stdout\n"
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.org.apache.kafka=WARN\n"
+            "log4j.logger.kafka.log=WARN\n"
+            "log4j.logger.state.change.logger=WARN\n"
+            "log4j.logger.kafka.coordinator=WARN\n"
+        )
+        jvm = [
+            str(self.java.java),
+            f"-Xms{s.kafka_heap}",
+            f"-Xmx{s.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{log4j}",
+            "-cp",
+            f"{lib}/*",
+        ]
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server_props)],
+                capture_output=True,
+                text=True,
+                check=False,
+                env=self._base_env(),
+            )
+            if fmt.returncode != 0:
+                raise ServiceFailed(f"formatting Kafka storage in {data} failed:\n{fmt.stdout}{fmt.stderr}")
+        return Launch(argv=[*jvm, "kafka.Kafka", str(server_props)], env=self._base_env(), cwd=self.dir, log=self.log)
+
+    def ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.endpoint(), "log_level": 0})
+        try:
+            metadata = admin.list_topics(timeout=2)
+        except Exception:  # noqa: BLE001 - any failure simply means "not ready yet"
+            return False
+        return bool(metadata.brokers)
+
+
+#: From Cassandra's jvm17-server.options: without these the JVM dies at start on Java 17.
+_CASSANDRA_JAVA17_FLAGS = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-exports=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.math=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+]
+
+
+class Cassandra(Service):
+    name = "cassandra"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "cassandra_port": self.settings.cassandra_port,
+            "cassandra_storage_port": self.settings.cassandra_storage_port,
+        }
+
+    @property
+    def client_port(self) -> int:
+        return self.settings.cassandra_port
+
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.settings.cassandra_port}"
+
+    def fetch(self, cache: ArtifactCache) -> None:
+        cache.cassandra_lib()
+
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        lib = cache.cassandra_lib()
+        s = self.settings
+        conf = self.dir / "conf"
+        data = self.dir / "data"
+        for sub in ("data", "commitlog", "hints", "saved_caches", "cdc_raw"):
+            (data / sub).mkdir(parents=True, exist_ok=True)
+        conf.mkdir(parents=True, exist_ok=True)
+        yaml_path = conf / "cassandra.yaml"
+        # JSON is YAML: this keeps the file free of quoting mistakes.
+        config = {
+            "cluster_name": "walstream",
+            "num_tokens": 1,
+            "initial_token": "0",
+            "partitioner": "org.apache.cassandra.dht.Murmur3Partitioner",
+            "endpoint_snitch": "SimpleSnitch",
+            "seed_provider": [
+                {
+                    "class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
+                    "parameters": [{"seeds": f"{HOST}:{s.cassandra_storage_port}"}],
+                }
+            ],
+            "listen_address": HOST,
+            "rpc_address": HOST,
+            "storage_port": s.cassandra_storage_port,
+            "native_transport_port": s.cassandra_port,
+            "start_native_transport": True,
+            "commitlog_sync": "periodic",
+            "commitlog_sync_period": "10000ms",
+            "data_file_directories": [str(data / "data")],
+            "commitlog_directory": str(data / "commitlog"),
+            "hints_directory": str(data / "hints"),
+            "saved_caches_directory": str(data / "saved_caches"),
+            "cdc_raw_directory": str(data / "cdc_raw"),
+            "cdc_enabled": False,
+            "auto_snapshot": False,
+            "snapshot_before_compaction": False,
+            "memtable_heap_space": "128MiB",
+            "memtable_offheap_space": "128MiB",
+            "concurrent_compactors": 1,
+            "concurrent_reads": 8,
+            "concurrent_writes": 16,
+            "authenticator": "AllowAllAuthenticator",
+            "authorizer": "AllowAllAuthorizer",
+            "disk_failure_policy": "stop",
+            "commit_failure_policy": "stop",
+            "dynamic_snitch": False,
+            "key_cache_size": "16MiB",
+            "write_request_timeout": "5000ms",
+            "read_request_timeout": "5000ms",
+        }
+        yaml_path.write_text(json.dumps(config, indent=1))
+        logback = conf / "logback.xml"
+        logback.write_text(
+            '<configuration scan="false">\n'
+            '  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">\n'
+            "    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>\n"
+            "  </appender>\n"
+            '  <logger name="org.apache.cassandra" level="INFO"/>\n'
+            '  <logger name="com.datastax" level="WARN"/>\n'
+            '  <root level="WARN"><appender-ref ref="STDOUT"/></root>\n'
+            "</configuration>\n"
+        )
+        jamm = sorted(lib.glob("jamm-*.jar"))
+        if not jamm:
+            raise StackError(f"no jamm agent jar in {lib}; delete that folder to resolve Cassandra again")
+        argv = [
+            str(self.java.java),
+            f"-Xms{s.cassandra_heap}",
+            f"-Xmx{s.cassandra_heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=300",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.net.preferIPv4Stack=true",
+            f"-javaagent:{jamm[-1]}",
+            *_CASSANDRA_JAVA17_FLAGS,
+            f"-Dcassandra.config=file://{yaml_path}",
+            f"-Dcassandra.storagedir={data}",
+            f"-Dcassandra.logdir={self.dir}",
+            "-Dcassandra-foreground=yes",
+            f"-Dlogback.configurationFile={logback}",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.initial_token=0",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.load_ring_state=false",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "-cp",
+            f"{conf}:{lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        return Launch(argv=argv, env=self._base_env(), cwd=self.dir, log=self.log)
+
+    def ready(self) -> bool:
+        from cassandra.cluster import Cluster, NoHostAvailable
+
+        cluster = Cluster([HOST], port=self.settings.cassandra_port, connect_timeout=2, control_connection_timeout=2)
+        try:
+            session = cluster.connect()
+            row = session.execute("SELECT release_version FROM system.local", timeout=2).one()
+            return row is not None
+        except (NoHostAvailable, OSError, Exception):  # noqa: BLE001 - not ready yet
+            return False
+        finally:
+            cluster.shutdown()
+
+
+class Elasticsearch(Service):
+    name = "elasticsearch"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "elasticsearch_port": self.settings.elasticsearch_port,
+            "elasticsearch_transport_port": self.settings.elasticsearch_transport_port,
+        }
+
+    @property
+    def client_port(self) -> int:
+        return self.settings.elasticsearch_port
+
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.settings.elasticsearch_port}"
+
+    def fetch(self, cache: ArtifactCache) -> None:
+        cache.elasticsearch_home()
+
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        home = cache.elasticsearch_home()
+        s = self.settings
+        conf, data, logs, tmp = (self.dir / d for d in ("conf", "data", "logs", "tmp"))
+        for d in (conf, data, logs, tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        for name in ("log4j2.properties", "roles.yml", "role_mapping.yml", "users", "users_roles"):
+            src = home / "config" / name
+            if src.exists() and not (conf / name).exists():
+                shutil.copy(src, conf / name)
+        (conf / "elasticsearch.yml").write_text(
+            "cluster.name: walstream\n"
+            "node.name: walstream-local\n"
+            "discovery.type: single-node\n"
+            f"network.host: {HOST}\n"
+            f"http.port: {s.elasticsearch_port}\n"
+            f"transport.port: {s.elasticsearch_transport_port}\n"
+            f"path.data: {data}\n"
+            f"path.logs: {logs}\n"
+            "cluster.routing.allocation.disk.threshold_enabled: false\n"
+            "action.destructive_requires_name: false\n"
+            + ("xpack.security.enabled: false\n" if (home / "modules" / "x-pack-security").exists() else "")
+        )
+        (conf / "jvm.options").write_text(
+            "-XX:+UseG1GC\n"
+            "-Djava.io.tmpdir=${ES_TMPDIR}\n"
+            "-XX:+ExitOnOutOfMemoryError\n"
+            "-Xlog:disable\n"
+            "-Xlog:all=warning:stderr:utctime,level,tags\n"
+        )
+        env = self._base_env()
+        env.update(
+            ES_JAVA_HOME=str(self.java.home),
+            ES_PATH_CONF=str(conf),
+            ES_TMPDIR=str(tmp),
+            ES_JAVA_OPTS=f"-Xms{s.elasticsearch_heap} -Xmx{s.elasticsearch_heap}",
+            CLI_JAVA_OPTS="-Xms16m -Xmx64m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+        )
+        user = group = None
+        if os.getuid() == 0:
+            user, group = self._unprivileged_owner()
+            for d in (self.dir, conf, data, logs, tmp):
+                _chown_tree(d, user, group)
+            _check_reachable(home, user, group)
+            _check_reachable(self.dir, user, group)
+        return Launch(
+            argv=[str(home / "bin" / "elasticsearch")],
+            env=env,
+            cwd=self.dir,
+            log=self.log,
+            user=user,
+            group=group,
+        )
+
+    def _unprivileged_owner(self) -> tuple[int, int]:
+        """Elasticsearch refuses root: as root, run it as a system user that owns only its own folders."""
+        name = self.settings.elasticsearch_user
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+            made = subprocess.run(
+                [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode != 0:
+                raise StackError(
+                    f"Elasticsearch cannot run as root and creating the system user {name!r} failed: "
+                    f"{made.stderr.strip()}. Create it yourself or set WALSTREAM_ELASTICSEARCH_USER."
+                ) from None
+            entry = pwd.getpwnam(name)
+        return entry.pw_uid, entry.pw_gid
+
+    def ready(self) -> bool:
+        url = f"{self.endpoint()}/_cluster/health?wait_for_status=yellow&timeout=1s"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                health = json.load(resp)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return health.get("status") in {"yellow", "green"} and not health.get("timed_out", False)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _check_reachable(path: Path, uid: int, gid: int) -> None:
+    """Every folder above ``path`` must let the unprivileged user through."""
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_uid == uid:
+            continue
+        if not st.st_mode & 0o001:
+            raise StackError(
+                f"Elasticsearch runs as an unprivileged user when started by root, and {parent} is not "
+                "traversable by others. Point WALSTREAM_CACHE_DIR and WALSTREAM_STACK_DIR at folders "
+                "outside it (the root defaults are under /var)."
+            )
+
+
+def all_services(settings: LocalStackSettings, java: JavaRuntime) -> list[Service]:
+    return [Kafka(settings, java), Cassandra(settings, java), Elasticsearch(settings, java)]
+
+
+def describe_failure(service: Service, why: str) -> ServiceFailed:
+    return ServiceFailed(f"{service.name} {why}. Last lines of {service.log}:\n{log_tail(service.log)}")

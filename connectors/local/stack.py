@@ -1,0 +1,260 @@
+"""The embedded stack's lifecycle: up (idempotent), down (only what it started), status and logs."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.endpoints import Endpoints
+from connectors.local import versions
+from connectors.local.artifacts import ArtifactCache
+from connectors.local.errors import DiskFull, StackError
+from connectors.local.java import JavaRuntime, find_java
+from connectors.local.process import alive, check_ports_free, is_ours, log_tail, port_open, spawn, stop
+from connectors.local.services import HOST, Service, all_services, describe_failure
+from streams.config import LocalStackSettings
+
+Progress = Callable[[str], None]
+
+StateEntry = dict[str, Any]
+
+SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch")
+_MIN_FREE_BYTES = 2 << 30
+_STOP_GRACE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    port: int
+    endpoint: str
+    running: bool
+    healthy: bool
+    log: Path
+
+    @property
+    def state(self) -> str:
+        if not self.running:
+            return "stopped"
+        return "healthy" if self.healthy else "unhealthy"
+
+
+@dataclass(slots=True)
+class UpResult:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    ready_after_s: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+class LocalStack:
+    """Kafka, Cassandra and Elasticsearch as local processes, tracked by pid in ``<stack_dir>/state.json``."""
+
+    def __init__(
+        self,
+        settings: LocalStackSettings,
+        services: Sequence[str] = SERVICE_NAMES,
+        progress: Progress = lambda _msg: None,
+    ) -> None:
+        unknown = set(services) - set(SERVICE_NAMES)
+        if unknown:
+            raise StackError(f"unknown service(s) {sorted(unknown)}; the stack has {list(SERVICE_NAMES)}")
+        self.settings = settings
+        self.names = [n for n in SERVICE_NAMES if n in services]
+        self._progress = progress
+        self._state_path = settings.stack_dir / "state.json"
+        self._java: JavaRuntime | None = None
+
+    # -- public lifecycle -------------------------------------------------------------------------
+
+    def up(self) -> UpResult:
+        """Start whatever is not running yet and wait until each answers a real client call."""
+        began = time.monotonic()
+        result = UpResult()
+        with self._locked():
+            state = self._read_state()
+            services = self._services()
+            to_start: list[Service] = []
+            for svc in services:
+                entry = state.get(svc.name)
+                if entry and is_ours(entry["pid"], entry["mark"]):
+                    result.already_running.append(svc.name)
+                else:
+                    state.pop(svc.name, None)
+                    to_start.append(svc)
+            if not to_start:
+                self._progress(f"stack already running ({', '.join(result.already_running)}); nothing started")
+                result.elapsed_s = time.monotonic() - began
+                return result
+            check_ports_free({k: v for svc in to_start for k, v in svc.ports().items()})
+            self._check_disk()
+            cache = ArtifactCache(self.settings.cache_dir, self._progress)
+            for svc in to_start:
+                svc.fetch(cache)
+            started: list[Service] = []
+            try:
+                for svc in sorted(to_start, key=_start_order):
+                    launch = svc.prepare(cache)
+                    pid = spawn(launch, self._mark(svc))
+                    state[svc.name] = {"pid": pid, "mark": self._mark(svc), "started_at": time.time()}
+                    self._write_state(state)
+                    started.append(svc)
+                    self._progress(f"started {svc.name} (pid {pid}, port {svc.client_port}, log {svc.log})")
+                result.ready_after_s = self._await_ready(started, state, began)
+            except BaseException:
+                self._progress("start failed; stopping what this call started")
+                for svc in reversed(started):
+                    entry = state.pop(svc.name)
+                    stop(entry["pid"], entry["mark"], _STOP_GRACE_S)
+                self._write_state(state)
+                raise
+            result.started = [svc.name for svc in started]
+        result.elapsed_s = time.monotonic() - began
+        self._progress(f"stack up in {result.elapsed_s:.1f}s")
+        return result
+
+    def down(self) -> list[str]:
+        """Stop the processes this stack recorded, gently first; returns the names it stopped."""
+        stopped = []
+        with self._locked():
+            state = self._read_state()
+            for name in reversed(self.names):
+                entry = state.get(name)
+                if entry is None:
+                    continue
+                if is_ours(entry["pid"], entry["mark"]):
+                    self._progress(f"stopping {name} (pid {entry['pid']})")
+                    killed = stop(entry["pid"], entry["mark"], _STOP_GRACE_S)
+                    if killed:
+                        self._progress(f"  {name} ignored SIGTERM for {_STOP_GRACE_S:.0f}s and was killed")
+                    stopped.append(name)
+                else:
+                    stop(entry["pid"], entry["mark"], 0.0)  # stray children of a dead leader, if any
+                del state[name]
+                self._write_state(state)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        state = self._read_state()
+        statuses = []
+        for svc in self._services():
+            entry = state.get(svc.name)
+            running = bool(entry) and is_ours(entry["pid"], entry["mark"])  # type: ignore[index]
+            statuses.append(
+                ServiceStatus(
+                    name=svc.name,
+                    pid=entry["pid"] if running and entry else None,
+                    port=svc.client_port,
+                    endpoint=svc.endpoint(),
+                    running=running,
+                    healthy=running and svc.ready(),
+                    log=svc.log,
+                )
+            )
+        return statuses
+
+    def pids(self) -> dict[str, int]:
+        state = self._read_state()
+        return {name: e["pid"] for name, e in state.items() if name in self.names and is_ours(e["pid"], e["mark"])}
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        return log_tail(self._service(name).log, lines)
+
+    def endpoints(self) -> Endpoints:
+        s = self.settings
+        return Endpoints(
+            kafka_bootstrap=f"{HOST}:{s.kafka_port}",
+            cassandra_host=HOST,
+            cassandra_port=s.cassandra_port,
+            elasticsearch_url=f"http://{HOST}:{s.elasticsearch_port}",
+        )
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _await_ready(self, services: list[Service], state: dict[str, StateEntry], began: float) -> dict[str, float]:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        waiting = {svc.name: svc for svc in services}
+        ready_after: dict[str, float] = {}
+        last_note = time.monotonic()
+        while waiting:
+            for name, svc in list(waiting.items()):
+                if not alive(state[name]["pid"]):
+                    raise describe_failure(svc, "exited during start-up")
+                if port_open(svc.client_port) and svc.ready():
+                    ready_after[name] = time.monotonic() - began
+                    self._progress(f"{name} ready after {ready_after[name]:.1f}s")
+                    del waiting[name]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                slow = next(iter(waiting.values()))
+                raise describe_failure(
+                    slow, f"was not ready after {self.settings.start_timeout_s:.0f}s (WALSTREAM_START_TIMEOUT)"
+                )
+            if time.monotonic() - last_note > 15:
+                self._progress(f"  waiting for {', '.join(waiting)} ({time.monotonic() - began:.0f}s)")
+                last_note = time.monotonic()
+            time.sleep(1.0)
+        return ready_after
+
+    def _services(self) -> list[Service]:
+        if self._java is None:
+            self._java = find_java(versions.JAVA_FEATURE_VERSION, self.settings.java_home)
+        return [svc for svc in all_services(self.settings, self._java) if svc.name in self.names]
+
+    def _service(self, name: str) -> Service:
+        for svc in self._services():
+            if svc.name == name:
+                return svc
+        raise StackError(f"unknown service {name!r}; the stack has {self.names}")
+
+    def _mark(self, svc: Service) -> str:
+        return f"{self.settings.stack_dir.resolve()}#{svc.name}"
+
+    def _check_disk(self) -> None:
+        self.settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.settings.stack_dir).free
+        if free < _MIN_FREE_BYTES:
+            raise DiskFull(
+                f"only {free >> 20} MiB free in {self.settings.stack_dir}; the stack needs at least "
+                f"{_MIN_FREE_BYTES >> 30} GiB. Free some space or set WALSTREAM_STACK_DIR."
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.settings.stack_dir, 0o755)
+        with (self.settings.stack_dir / ".lock").open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, StateEntry]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise StackError(f"{self._state_path} is corrupt ({exc}); stop the stack's processes by hand") from exc
+        return data if isinstance(data, dict) else {}
+
+    def _write_state(self, state: dict[str, StateEntry]) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self._state_path)
+
+
+def _start_order(svc: Service) -> int:
+    # The slowest starter goes first so the three overlap as much as possible.
+    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2}[svc.name]

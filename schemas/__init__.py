@@ -1,0 +1,1 @@
+"""Avro and protobuf sources, shipped as package data."""

@@ -1,0 +1,178 @@
+"""The only module that reads the environment: typed, frozen, validated-once settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+ENV_PREFIX = "WALSTREAM_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class StackMode(StrEnum):
+    """Where the Kafka, Cassandra and Elasticsearch that walstream uses come from."""
+
+    LOCAL = "local"  # JVM processes started by walstream itself (the default)
+    TESTCONTAINERS = "testcontainers"  # containers, where a Docker engine answers
+    EXTERNAL = "external"  # clusters somebody else runs
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalStackSettings(_Frozen):
+    """Ports, folders and heaps of the embedded stack."""
+
+    cache_dir: Path
+    stack_dir: Path
+    java_home: Path | None = None
+    kafka_port: Port = 19092
+    kafka_controller_port: Port = 19093
+    cassandra_port: Port = 19042
+    cassandra_storage_port: Port = 17000
+    elasticsearch_port: Port = 19200
+    elasticsearch_transport_port: Port = 19300
+    kafka_heap: str = "512m"
+    cassandra_heap: str = "1g"
+    elasticsearch_heap: str = "512m"
+    #: The system user Elasticsearch runs as when the stack is started by root (it refuses root).
+    elasticsearch_user: str = "walstream"
+    start_timeout_s: float = Field(default=240.0, gt=0)
+
+    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap")
+    @classmethod
+    def _heap_size(cls, value: str) -> str:
+        digits, unit = value[:-1], value[-1:].lower()
+        if not digits.isdigit() or unit not in {"m", "g"}:
+            raise ValueError(f"heap size {value!r} must look like 512m or 1g")
+        return digits + unit
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> LocalStackSettings:
+        ports = self.ports()
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} both use port {port}")
+            seen[port] = name
+        return self
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "cassandra_port": self.cassandra_port,
+            "cassandra_storage_port": self.cassandra_storage_port,
+            "elasticsearch_port": self.elasticsearch_port,
+            "elasticsearch_transport_port": self.elasticsearch_transport_port,
+        }
+
+
+class ExternalEndpointSettings(_Frozen):
+    """Endpoints of clusters walstream does not run; used in the external mode."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    cassandra_contact: str = "127.0.0.1:9042"
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+
+    @field_validator("cassandra_contact")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} must look like host:port")
+        return value
+
+
+class Settings(_Frozen):
+    mode: StackMode = StackMode.LOCAL
+    local: LocalStackSettings
+    external: ExternalEndpointSettings = ExternalEndpointSettings()
+
+
+# Environment variable (without the prefix) -> (section, field).
+_ENV_FIELDS: dict[str, tuple[str | None, str]] = {
+    "STACK_MODE": (None, "mode"),
+    "CACHE_DIR": ("local", "cache_dir"),
+    "STACK_DIR": ("local", "stack_dir"),
+    "JAVA_HOME": ("local", "java_home"),
+    "KAFKA_PORT": ("local", "kafka_port"),
+    "KAFKA_CONTROLLER_PORT": ("local", "kafka_controller_port"),
+    "CASSANDRA_PORT": ("local", "cassandra_port"),
+    "CASSANDRA_STORAGE_PORT": ("local", "cassandra_storage_port"),
+    "ELASTICSEARCH_PORT": ("local", "elasticsearch_port"),
+    "ELASTICSEARCH_TRANSPORT_PORT": ("local", "elasticsearch_transport_port"),
+    "KAFKA_HEAP": ("local", "kafka_heap"),
+    "CASSANDRA_HEAP": ("local", "cassandra_heap"),
+    "ELASTICSEARCH_HEAP": ("local", "elasticsearch_heap"),
+    "ELASTICSEARCH_USER": ("local", "elasticsearch_user"),
+    "START_TIMEOUT": ("local", "start_timeout_s"),
+    "KAFKA_BOOTSTRAP": ("external", "kafka_bootstrap"),
+    "CASSANDRA_CONTACT": ("external", "cassandra_contact"),
+    "ELASTICSEARCH_URL": ("external", "elasticsearch_url"),
+}
+
+
+def default_dirs(env: Mapping[str, str], uid: int) -> tuple[Path, Path]:
+    """Cache and stack folders. As root they live under /var so the unprivileged search user can reach them."""
+    if uid == 0:
+        return Path("/var/cache/walstream"), Path("/var/lib/walstream/stack")
+    home = Path(env.get("HOME", "~")).expanduser()
+    cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "walstream"
+    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "walstream" / "stack"
+    return cache, state
+
+
+def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) -> Settings:
+    """Build the settings from ``WALSTREAM_*`` variables; unknown ones are an error, as are bad values."""
+    env = os.environ if env is None else env
+    uid = os.getuid() if uid is None else uid
+    cache_dir, stack_dir = default_dirs(env, uid)
+    sections: dict[str, dict[str, Any]] = {
+        "local": {"cache_dir": cache_dir, "stack_dir": stack_dir},
+        "external": {},
+    }
+    top: dict[str, Any] = {}
+    unknown = []
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :]
+        if key not in _ENV_FIELDS:
+            unknown.append(name)
+            continue
+        section, field = _ENV_FIELDS[key]
+        (top if section is None else sections[section])[field] = value
+    if unknown:
+        known = ", ".join(ENV_PREFIX + k for k in sorted(_ENV_FIELDS))
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; known settings are: {known}")
+    try:
+        return Settings.model_validate({**top, **sections})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    by_field = {(section, field): ENV_PREFIX + key for key, (section, field) in _ENV_FIELDS.items()}
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        if len(loc) >= 2:
+            var = by_field.get((loc[0], loc[1]), ".".join(loc))
+        elif loc:
+            var = by_field.get((None, loc[0]), loc[0])
+        else:
+            var = "settings"
+        lines.append(f"{var}: {error['msg']}")
+    return "invalid settings: " + "; ".join(lines)
