@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
 
+from connectors.endpoints import Endpoints
 from connectors.local.errors import StackError
-from streams.config import ConfigError, StackMode, load_settings
+from connectors.provision import provision
+from streams.config import ConfigError, Settings, StackMode, load_settings
+from streams.namespaces import Namespace, NamespaceError
+
+
+class UsageError(ValueError):
+    """A command was called with arguments that cannot work; the message says which."""
 
 
 def _say(message: str) -> None:
@@ -66,6 +74,94 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoints(settings: Settings) -> Endpoints:
+    """Endpoints for commands that use a stack someone else keeps running (never started implicitly here)."""
+    if settings.mode is StackMode.EXTERNAL:
+        with provision(settings) as eps:
+            return eps
+    if settings.mode is StackMode.TESTCONTAINERS:
+        raise StackError("containers live only as long as the process that started them; use `walstream run`")
+    from connectors.local.stack import SERVICE_NAMES, LocalStack
+
+    stack = LocalStack(settings.local)
+    missing = [name for name in SERVICE_NAMES if name not in stack.pids()]
+    if missing:
+        raise StackError(
+            f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
+        )
+    return stack.endpoints()
+
+
+def _namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:
+    from streams.namespaces import load_namespaces
+
+    return load_namespaces(list(paths) if paths else settings.runtime.namespace_dir)
+
+
+def _ns_validate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    namespaces = _namespaces(settings, args.paths)
+    for ns in namespaces.values():
+        targets = ", ".join(f"{name} ({t.type})" for name, t in ns.targets.items())
+        print(f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}")
+    return 0
+
+
+def _ns_apply(args: argparse.Namespace) -> int:
+    from streams.wiring import apply_namespaces
+
+    settings = load_settings()
+    namespaces = _namespaces(settings, args.paths)
+    asyncio.run(apply_namespaces(namespaces.values(), _endpoints(settings), progress=_say))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.app import Worker, WorkerOptions
+    from streams.metrics import Metrics
+
+    settings = load_settings()
+    namespaces = _namespaces(settings, None)
+    chosen = [n.strip() for n in args.namespaces.split(",")] if args.namespaces else sorted(namespaces)
+    unknown = [n for n in chosen if n not in namespaces]
+    if unknown:
+        raise UsageError(
+            f"unknown namespace(s) {', '.join(unknown)}; {settings.runtime.namespace_dir} has "
+            f"{', '.join(sorted(namespaces)) or 'none'}"
+        )
+    group = args.group or (chosen[0] if len(chosen) == 1 else "default")
+    options = WorkerOptions(
+        group=group,
+        data_dir=settings.runtime.data_dir / group,
+        replication_factor=settings.runtime.replication_factor,
+        batch_size=args.batch_size,
+    )
+    worker = Worker(_endpoints(settings), [namespaces[n] for n in chosen], options, Metrics())
+    return worker.run()
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from streams.produce import produce_lines
+
+    settings = load_settings()
+    namespaces = _namespaces(settings, None)
+    if args.namespace not in namespaces:
+        raise UsageError(f"unknown namespace {args.namespace!r}; known: {', '.join(sorted(namespaces)) or 'none'}")
+    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with source:
+        report = produce_lines(_endpoints(settings), namespaces, args.namespace, source, _say)
+    _say(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cdc_tail(args: argparse.Namespace) -> int:
+    from streams.produce import tail_cdc
+
+    settings = load_settings()
+    tail_cdc(_endpoints(settings), args.namespace, args.max, args.timeout, args.from_beginning)
+    return 0
+
+
 def _print_status(stack: object) -> bool:
     from connectors.local.stack import LocalStack
 
@@ -90,6 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the main job on the configured stack (`make run`)")
     run.set_defaults(handler=_run)
+
+    ns = sub.add_parser("namespaces", help="check namespace files, or create their topics, tables and indices")
+    ns_sub = ns.add_subparsers(dest="ns_action", required=True, metavar="ACTION")
+    validate = ns_sub.add_parser("validate", help="validate namespace files (default: WALSTREAM_NAMESPACE_DIR)")
+    validate.add_argument("paths", nargs="*")
+    validate.set_defaults(handler=_ns_validate)
+    apply = ns_sub.add_parser("apply", help="create topics, Cassandra tables and Elasticsearch indices")
+    apply.add_argument("paths", nargs="*")
+    apply.set_defaults(handler=_ns_apply)
+
+    worker = sub.add_parser("worker", help="run the stream worker: fan entries out to their targets")
+    worker.add_argument("--namespaces", help="comma-separated namespaces (default: all in WALSTREAM_NAMESPACE_DIR)")
+    worker.add_argument("--group", help="worker group name; the consumer group is walstream.<group>")
+    worker.add_argument("--batch-size", type=int, default=500, help="records per fan-out batch (default 500)")
+    worker.set_defaults(handler=_worker)
+
+    produce = sub.add_parser("produce", help="write JSON lines ({key, op, payload, ...}) to a namespace")
+    produce.add_argument("namespace")
+    produce.add_argument("file", nargs="?", default="-", help="a file of JSON lines (default: stdin)")
+    produce.set_defaults(handler=_produce)
+
+    cdc = sub.add_parser("cdc", help="read a namespace's change events")
+    cdc_sub = cdc.add_subparsers(dest="cdc_action", required=True, metavar="ACTION")
+    tail = cdc_sub.add_parser("tail", help="print change events as JSON lines")
+    tail.add_argument("namespace")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many events (0: no limit)")
+    tail.add_argument("--timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
+    tail.set_defaults(handler=_cdc_tail)
     return parser
 
 
@@ -98,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (StackError, ConfigError) as exc:
+    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError) as exc:
         _say(f"walstream: error: {exc}")
         return 2
     except KeyboardInterrupt:

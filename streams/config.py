@@ -95,10 +95,19 @@ class ExternalEndpointSettings(_Frozen):
         return value
 
 
+class RuntimeSettings(_Frozen):
+    """What the workers and tools need besides endpoints."""
+
+    namespace_dir: Path = Path("examples/namespaces")
+    data_dir: Path
+    replication_factor: int = Field(default=1, ge=1, le=5)
+
+
 class Settings(_Frozen):
     mode: StackMode = StackMode.LOCAL
     local: LocalStackSettings
     external: ExternalEndpointSettings = ExternalEndpointSettings()
+    runtime: RuntimeSettings
 
 
 # Environment variable (without the prefix) -> (section, field).
@@ -121,27 +130,32 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "KAFKA_BOOTSTRAP": ("external", "kafka_bootstrap"),
     "CASSANDRA_CONTACT": ("external", "cassandra_contact"),
     "ELASTICSEARCH_URL": ("external", "elasticsearch_url"),
+    "NAMESPACE_DIR": ("runtime", "namespace_dir"),
+    "DATA_DIR": ("runtime", "data_dir"),
+    "REPLICATION_FACTOR": ("runtime", "replication_factor"),
 }
 
 
-def default_dirs(env: Mapping[str, str], uid: int) -> tuple[Path, Path]:
-    """Cache and stack folders. As root they live under /var so the unprivileged search user can reach them."""
+def default_dirs(env: Mapping[str, str], uid: int) -> tuple[Path, Path, Path]:
+    """Cache, stack and worker-data folders. As root they live under /var so the unprivileged search user can
+    reach them."""
     if uid == 0:
-        return Path("/var/cache/walstream"), Path("/var/lib/walstream/stack")
+        return Path("/var/cache/walstream"), Path("/var/lib/walstream/stack"), Path("/var/lib/walstream/data")
     home = Path(env.get("HOME", "~")).expanduser()
     cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "walstream"
-    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "walstream" / "stack"
-    return cache, state
+    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "walstream"
+    return cache, state / "stack", state / "data"
 
 
 def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) -> Settings:
     """Build the settings from ``WALSTREAM_*`` variables; unknown ones are an error, as are bad values."""
     env = os.environ if env is None else env
     uid = os.getuid() if uid is None else uid
-    cache_dir, stack_dir = default_dirs(env, uid)
+    cache_dir, stack_dir, data_dir = default_dirs(env, uid)
     sections: dict[str, dict[str, Any]] = {
         "local": {"cache_dir": cache_dir, "stack_dir": stack_dir},
         "external": {},
+        "runtime": {"data_dir": data_dir},
     }
     top: dict[str, Any] = {}
     unknown = []

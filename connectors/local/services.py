@@ -310,9 +310,11 @@ class Cassandra(Service):
         return Launch(argv=argv, env=self._base_env(), cwd=self.dir, log=self.log)
 
     def ready(self) -> bool:
-        from cassandra.cluster import Cluster, NoHostAvailable
+        from cassandra.cluster import NoHostAvailable
 
-        cluster = Cluster([HOST], port=self.settings.cassandra_port, connect_timeout=2, control_connection_timeout=2)
+        from connectors.cassandra.sink import new_cluster
+
+        cluster = new_cluster(HOST, self.settings.cassandra_port, timeout=2)
         try:
             session = cluster.connect()
             row = session.execute("SELECT release_version FROM system.local", timeout=2).one()

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 
+from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 
 
 def test_prepared_writes_read_back(endpoints: Endpoints, unique_name: str) -> None:
-    cluster = Cluster([endpoints.cassandra_host], port=endpoints.cassandra_port)
+    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
     session = cluster.connect()
     keyspace = unique_name
     try:

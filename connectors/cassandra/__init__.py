@@ -1,0 +1,1 @@
+"""Cassandra: the primary store, written with cell timestamps as versions."""

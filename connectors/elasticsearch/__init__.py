@@ -1,0 +1,1 @@
+"""Elasticsearch: the secondary index, written with external versions."""

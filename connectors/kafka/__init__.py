@@ -1,0 +1,1 @@
+"""Kafka: the durable producer and topic administration."""

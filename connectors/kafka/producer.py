@@ -1,0 +1,158 @@
+"""A durable Kafka producer: acks=all, idempotence on, each send an asyncio future with a three-valued answer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+#: Errors after which the record is certainly not in the log: the answer is FALSE, not UNKNOWN.
+_DEFINITELY_NOT_STORED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError._INVALID_ARG,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+
+
+class Durable(StrEnum):
+    TRUE = "TRUE"  # stored with acks=all
+    FALSE = "FALSE"  # definitely not stored; `message` says why
+    UNKNOWN = "UNKNOWN"  # a timeout: it may or may not be stored; retry with the same idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    durable: Durable
+    message: str = ""
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+def producer_config(bootstrap: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one place the librdkafka producer dict is built."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 5,
+        # Same partition for the same key as the Java client and the stream workers (murmur2).
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "delivery.timeout.ms": 30000,
+        "queue.buffering.max.messages": 200000,
+        "queue.buffering.max.kbytes": 262144,
+    }
+    config.update(overrides or {})
+    return config
+
+
+class DurableProducer:
+    """Wraps one librdkafka producer; a background thread serves delivery reports into the event loop."""
+
+    def __init__(self, bootstrap: str, overrides: Mapping[str, Any] | None = None) -> None:
+        self._producer = Producer(producer_config(bootstrap, overrides))
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="walstream-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> Delivery:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Delivery] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, _delivery(err, msg))
+
+        self._produce(topic, key, value, headers, partition, report)
+        return await future
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Delivery]:
+        """Enqueue and return the future, so many sends can be awaited together."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Delivery] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, _delivery(err, msg))
+
+        self._produce(topic, key, value, headers, None, report)
+        return future
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Any, partition: int | None, report: Any
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                # The local queue is full: this is backpressure, wait for deliveries to drain it.
+                self._producer.flush(0.1)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                report(err, None)
+                return
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still pending."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> int:
+        pending = self.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout=5)
+        return pending
+
+
+def _settle(future: asyncio.Future[Delivery], delivery: Delivery) -> None:
+    if not future.done():
+        future.set_result(delivery)
+
+
+def _delivery(err: KafkaError | None, msg: Message | None) -> Delivery:
+    if err is None and msg is not None:
+        return Delivery(Durable.TRUE, "", msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+    if err is None:
+        return Delivery(Durable.UNKNOWN, "no delivery report")
+    code = err.code()
+    text = f"{err.name()}: {err.str()}"
+    if code in _DEFINITELY_NOT_STORED or (not err.retriable() and code != KafkaError._MSG_TIMED_OUT and err.fatal()):
+        return Delivery(Durable.FALSE, text)
+    return Delivery(Durable.UNKNOWN, text)

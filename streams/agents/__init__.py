@@ -1,0 +1,1 @@
+"""Faust agents: thin steps that decode, dispatch, route and acknowledge."""

@@ -1,0 +1,157 @@
+"""The fan-out core: decides which targets each entry still needs, writes them in batches, and says what happened."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from connectors.base import Outcome, Sink, SinkWrite, WriteResult
+from streams.model import ChangeOp, Op, WalEntry
+
+PayloadDecoder = Callable[[bytes], Mapping[str, Any]]
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """What the idempotency table remembers per entity key.
+
+    ``applied`` holds, per target, the newest sequence that target is known to hold. ``version`` and
+    ``exists`` describe the newest entry applied to all of its targets; they decide `c` versus `u` in CDC.
+    """
+
+    applied: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    version: int = -1
+    exists: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": dict(self.applied), "v": self.version, "e": self.exists}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> KeyState:
+        if not data:
+            return cls()
+        return cls(applied=MappingProxyType(dict(data["a"])), version=int(data["v"]), exists=bool(data["e"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EntryOutcome:
+    """Where one entry stands after a dispatch: every target is applied, skipped as already held, or failed."""
+
+    entry: WalEntry
+    applied: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: Mapping[str, WriteResult] = field(default_factory=dict)
+    change: ChangeOp | None = None  # set when the entry is now applied everywhere and changed something
+
+    @property
+    def done(self) -> bool:
+        return not self.failed
+
+    @property
+    def duplicate(self) -> bool:
+        """Every target already held this version or a newer one: nothing was written."""
+        return not self.failed and not self.applied
+
+    @property
+    def fatal(self) -> bool:
+        return any(r.outcome is Outcome.FATAL for r in self.failed.values())
+
+    @property
+    def pending_targets(self) -> tuple[str, ...]:
+        return tuple(self.failed)
+
+    def first_error(self) -> str:
+        return next((r.error for r in self.failed.values()), "")
+
+
+@dataclass(slots=True)
+class DispatchResult:
+    outcomes: list[EntryOutcome]
+    state: dict[str, KeyState]  # the new state of every key the batch touched
+
+
+class Dispatcher:
+    """Applies batches of entries of one namespace to its targets. No Faust, no drivers: sinks are protocols."""
+
+    def __init__(self, sinks: Mapping[str, Sink], decode_payload: PayloadDecoder) -> None:
+        self._sinks = dict(sinks)
+        self._decode = decode_payload
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self._sinks)
+
+    async def dispatch(self, entries: Sequence[WalEntry], state: Mapping[str, KeyState]) -> DispatchResult:
+        """Write what each entry still needs; ``state`` holds the table's value for each key of the batch."""
+        plans: list[tuple[WalEntry, list[str], list[str], dict[str, WriteResult]]] = []
+        writes: dict[str, list[tuple[int, SinkWrite]]] = {name: [] for name in self._sinks}
+        for index, entry in enumerate(entries):
+            held = state.get(entry.key, KeyState()).applied
+            wanted, failed = self._targets_of(entry)
+            todo = [t for t in wanted if entry.sequence > held.get(t, -1)]
+            skipped = [t for t in wanted if t not in todo]
+            document: Mapping[str, Any] | None = None
+            if todo and entry.op is Op.UPSERT:
+                try:
+                    document = self._decode(entry.payload)
+                except ValueError as exc:
+                    failed.update({t: WriteResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
+                    todo = []
+            for target in todo:
+                writes[target].append((index, SinkWrite(entry.key, entry.op, entry.sequence, document)))
+            plans.append((entry, todo, skipped, failed))
+
+        results = await asyncio.gather(*(self._write(name, batch) for name, batch in writes.items() if batch))
+        by_entry: dict[int, dict[str, WriteResult]] = {}
+        for name, per_write in results:
+            for index, result in per_write:
+                by_entry.setdefault(index, {})[name] = result
+
+        new_state = {key: state.get(key, KeyState()) for key in {e.key for e in entries}}
+        outcomes = []
+        for index, (entry, todo, skipped, failed) in enumerate(plans):
+            written = by_entry.get(index, {})
+            applied = tuple(t for t in todo if written[t].outcome.ok)
+            failed.update({t: r for t, r in written.items() if not r.outcome.ok})
+            current = new_state[entry.key]
+            held = dict(current.applied)
+            for target in applied:
+                held[target] = max(held.get(target, -1), entry.sequence)
+            change = None
+            version, exists = current.version, current.exists
+            if not failed and entry.sequence > current.version:
+                version, exists = entry.sequence, entry.op is Op.UPSERT
+                if applied:
+                    change = (
+                        ChangeOp.DELETE
+                        if entry.op is Op.DELETE
+                        else (ChangeOp.UPDATE if current.exists else ChangeOp.CREATE)
+                    )
+            new_state[entry.key] = KeyState(MappingProxyType(held), version, exists)
+            outcomes.append(EntryOutcome(entry, applied, tuple(skipped), failed, change))
+        return DispatchResult(outcomes, new_state)
+
+    def _targets_of(self, entry: WalEntry) -> tuple[list[str], dict[str, WriteResult]]:
+        if not entry.targets:
+            return list(self._sinks), {}
+        known = [t for t in entry.targets if t in self._sinks]
+        unknown = {
+            t: WriteResult(Outcome.FATAL, f"target {t!r} is not declared by namespace {entry.namespace!r}")
+            for t in entry.targets
+            if t not in self._sinks
+        }
+        return known, unknown
+
+    async def _write(self, name: str, batch: list[tuple[int, SinkWrite]]) -> tuple[str, list[tuple[int, WriteResult]]]:
+        try:
+            results = await self._sinks[name].write([w for _, w in batch])
+        except Exception as exc:  # noqa: BLE001 - a sink that raises is treated as unavailable, never fatal
+            results = [WriteResult(Outcome.RETRYABLE, f"{name}: {type(exc).__name__}: {exc}")] * len(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"sink {name} returned {len(results)} results for {len(batch)} writes")
+        return name, [(index, result) for (index, _), result in zip(batch, results, strict=True)]

@@ -1,0 +1,46 @@
+"""The closed list of walstream's metrics: every name the process exports is defined here, once."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    """One registry per process; tests build their own, so counts never leak between them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        #: Entries per target by outcome: applied, stale, skipped (already held), retryable, fatal.
+        self.entries = Counter(
+            "walstream_entries_total", "Entries handled per target", ["namespace", "target", "outcome"], registry=r
+        )
+        #: Records that did not decode, by reason; each goes to the dead-letter topic.
+        self.undecodable = Counter(
+            "walstream_undecodable_total", "Records that did not decode", ["namespace", "reason"], registry=r
+        )
+        #: Entries that every target already held (replays, duplicates): nothing was written.
+        self.duplicates = Counter(
+            "walstream_duplicates_total", "Entries skipped as already applied", ["namespace"], registry=r
+        )
+        #: Records sent to the dead-letter topic, by error class.
+        self.dead_letters = Counter(
+            "walstream_dlq_total", "Records sent to the dead-letter topic", ["namespace", "error_class"], registry=r
+        )
+        #: Entries sent to a retry tier.
+        self.retries = Counter(
+            "walstream_retries_total", "Entries sent to a retry tier", ["namespace", "tier"], registry=r
+        )
+        #: Change events published on the CDC topic, by op (c, u, d).
+        self.changes = Counter("walstream_cdc_total", "Change events published", ["namespace", "op"], registry=r)
+        #: Seconds one batch of sink writes took.
+        self.sink_latency = Histogram("walstream_sink_seconds", "Sink batch latency", ["namespace"], registry=r)
+        #: Seconds from an entry's original write time to the moment it was applied everywhere.
+        self.end_to_end = Histogram(
+            "walstream_end_to_end_seconds", "Write to applied", ["namespace"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        #: Unix time of the last acknowledged batch (health compares it with waiting input).
+        self.last_ack = Gauge(
+            "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r
+        )

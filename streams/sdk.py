@@ -1,0 +1,166 @@
+"""The producer SDK: write an entry to a namespace's log and get a durable answer (TRUE, FALSE or UNKNOWN)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from connectors.kafka.producer import Delivery, Durable, DurableProducer
+from streams import topics
+from streams.codec import Codec
+from streams.model import Op, WalEntry, new_entry
+from streams.namespaces import Namespace, UnknownTargetError
+from streams.payload import PayloadCodec, PayloadError
+
+T = TypeVar("T")
+
+ENTRY_ID_HEADER = "walstream-entry-id"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    durable: Durable
+    message: str = ""
+    entry_id: str = ""
+    partition: int = -1
+    offset: int = -1
+
+    @property
+    def ok(self) -> bool:
+        return self.durable is Durable.TRUE
+
+
+class WalWriter:
+    """Asynchronous and batched (librdkafka batches concurrent writes); acks=all with idempotence on.
+
+    Bad input is answered with FALSE and a reason before anything is sent; a timeout is UNKNOWN, after which the
+    caller retries with the same idempotency key and sequence.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        namespaces: Mapping[str, Namespace],
+        codec: Codec | None = None,
+        producer_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._namespaces = dict(namespaces)
+        self._payloads = {name: PayloadCodec(ns.payload) for name, ns in self._namespaces.items()}
+        self._codec = codec or Codec()
+        self._producer = DurableProducer(bootstrap, producer_overrides)
+
+    def prepare(
+        self,
+        namespace: str,
+        key: str,
+        op: Op | str,
+        payload: bytes | Mapping[str, Any] | None = None,
+        *,
+        targets: Sequence[str] = (),
+        idempotency_key: str | None = None,
+        sequence: int | None = None,
+        delay_ms: int = 0,
+        jitter_ms: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> WalEntry:
+        """Validate and build the entry; raises ValueError naming the problem."""
+        ns = self._namespaces.get(namespace)
+        if ns is None:
+            raise ValueError(f"unknown namespace {namespace!r}; known: {', '.join(sorted(self._namespaces)) or 'none'}")
+        try:
+            op = Op(op)
+        except ValueError:
+            raise ValueError(f"op must be UPSERT or DELETE, got {op!r}") from None
+        codec = self._payloads[namespace]
+        if op is Op.DELETE:
+            body = b""
+        elif payload is None:
+            raise ValueError("an UPSERT needs a payload")
+        elif isinstance(payload, bytes | bytearray):
+            body = bytes(payload)
+            codec.decode(body)  # refuses what the workers could never apply
+        else:
+            body = codec.encode(payload)
+            if len(body) > ns.payload.max_bytes:
+                raise PayloadError(
+                    f"payload of {len(body)} bytes is over the namespace's limit of {ns.payload.max_bytes}"
+                )
+        try:
+            resolved = ns.resolve_targets(targets) if targets else ()
+        except UnknownTargetError as exc:
+            raise ValueError(str(exc)) from None
+        return new_entry(
+            namespace,
+            key,
+            op,
+            body,
+            sequence=sequence,
+            targets=resolved,
+            idempotency_key=idempotency_key,
+            delay_ms=delay_ms,
+            jitter_ms=jitter_ms,
+            headers=headers,
+        )
+
+    async def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WriteResult:
+        try:
+            entry = self.prepare(namespace, key, op, payload, **options)
+        except ValueError as exc:
+            return WriteResult(Durable.FALSE, str(exc))
+        return await self.write_entry(entry)
+
+    async def write_entry(self, entry: WalEntry) -> WriteResult:
+        delivery = await self._producer.send(
+            topics.wal_topic(entry.namespace),
+            entry.key.encode(),
+            self._codec.encode_entry(entry),
+            headers=[(ENTRY_ID_HEADER, entry.entry_id.encode())],
+        )
+        return _result(entry, delivery)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 30.0) -> int:
+        return self._producer.close(timeout)
+
+
+class SyncWalWriter:
+    """The same writer for code without an event loop: each call blocks until its durable answer."""
+
+    def __init__(self, bootstrap: str, namespaces: Mapping[str, Namespace], **kwargs: Any) -> None:
+        self._writer = WalWriter(bootstrap, namespaces, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="walstream-sdk", daemon=True)
+        self._thread.start()
+
+    def prepare(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WalEntry:
+        return self._writer.prepare(namespace, key, op, payload, **options)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WriteResult:
+        return self._call(self._writer.write(namespace, key, op, payload, **options), None)
+
+    def submit_entry(self, entry: WalEntry) -> concurrent.futures.Future[WriteResult]:
+        """Start writing a prepared entry; many can be in flight at once."""
+        return asyncio.run_coroutine_threadsafe(self._writer.write_entry(entry), self._loop)
+
+    def submit(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> Any:
+        """Start a write and return a concurrent future, so many writes can be in flight at once."""
+        return asyncio.run_coroutine_threadsafe(self._writer.write(namespace, key, op, payload, **options), self._loop)
+
+    def close(self, timeout: float = 30.0) -> int:
+        pending = self._writer.close(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        return pending
+
+
+def _result(entry: WalEntry, delivery: Delivery) -> WriteResult:
+    return WriteResult(delivery.durable, delivery.message, entry.entry_id, delivery.partition, delivery.offset)

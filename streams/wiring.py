@@ -1,0 +1,105 @@
+"""Builds the connectors a namespace needs and creates its topics, tables and indices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra.cluster import Cluster, Session
+from elasticsearch import AsyncElasticsearch
+
+from connectors.base import Sink
+from connectors.cassandra.sink import CassandraSink, Column, new_cluster
+from connectors.cassandra.sink import CassandraTarget as CassandraTable
+from connectors.elasticsearch.sink import ElasticsearchSink
+from connectors.elasticsearch.sink import ElasticsearchTarget as ElasticsearchIndex
+from connectors.endpoints import Endpoints
+from connectors.kafka.admin import KafkaAdmin, TopicSpec
+from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
+
+Progress = Callable[[str], None]
+
+
+def cassandra_table(name: str, target: CassandraTarget) -> CassandraTable:
+    return CassandraTable(
+        name=name,
+        keyspace=target.keyspace,
+        table=target.table,
+        key_column=target.key_column,
+        columns=tuple(Column(col, spec.type, spec.field or col) for col, spec in target.columns.items()),
+        replication_factor=target.replication_factor,
+    )
+
+
+def elasticsearch_index(name: str, target: ElasticsearchTarget) -> ElasticsearchIndex:
+    return ElasticsearchIndex(
+        name=name, index=target.index, fields=dict(target.fields), shards=target.shards, replicas=target.replicas
+    )
+
+
+@dataclass
+class Connections:
+    """Driver sessions shared by every namespace of a process; closed once, at shutdown."""
+
+    endpoints: Endpoints
+    cluster: Cluster | None = None
+    session: Session | None = None
+    es: AsyncElasticsearch | None = None
+
+    def cassandra(self) -> Session:
+        if self.session is None:
+            self.cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port)
+            self.session = self.cluster.connect()
+        return self.session
+
+    def elasticsearch(self) -> AsyncElasticsearch:
+        if self.es is None:
+            self.es = AsyncElasticsearch(
+                self.endpoints.elasticsearch_url, request_timeout=30, max_retries=0, retry_on_timeout=False
+            )
+        return self.es
+
+    async def close(self) -> None:
+        if self.es is not None:
+            await self.es.close()
+            self.es = None
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = self.session = None
+
+
+def build_sinks(namespace: Namespace, connections: Connections) -> dict[str, Sink]:
+    """One sink per store target of the namespace (Kafka targets are delivered by the delay-queue persona)."""
+    sinks: dict[str, Sink] = {}
+    for name, target in namespace.targets.items():
+        if isinstance(target, CassandraTarget):
+            sinks[name] = CassandraSink(connections.cassandra(), cassandra_table(name, target))
+        elif isinstance(target, ElasticsearchTarget):
+            sinks[name] = ElasticsearchSink(connections.elasticsearch(), elasticsearch_index(name, target))
+    return sinks
+
+
+def topic_specs(namespace: Namespace) -> list[TopicSpec]:
+    """The namespace's topics. Retry tiers share the log's partition count so a key keeps its partition."""
+    return [TopicSpec(name, namespace.partitions) for name in namespace.topics()]
+
+
+async def apply_namespaces(
+    namespaces: Iterable[Namespace], endpoints: Endpoints, progress: Progress = lambda _m: None
+) -> dict[str, Any]:
+    """Create every topic, keyspace, table and index the namespaces need. Idempotent."""
+    admin = KafkaAdmin(endpoints.kafka_bootstrap)
+    connections = Connections(endpoints)
+    report: dict[str, Any] = {}
+    try:
+        for ns in namespaces:
+            created = admin.ensure_topics(topic_specs(ns))
+            progress(f"{ns.name}: topics ready ({len(created)} created, {len(ns.topics()) - len(created)} existed)")
+            for name, sink in build_sinks(ns, connections).items():
+                await sink.ensure_schema()
+                progress(f"{ns.name}: target {name} ready")
+            report[ns.name] = {"topics_created": created}
+    finally:
+        await connections.close()
+    return report
