@@ -1,0 +1,228 @@
+{{/* Names, labels and the pieces every walstream pod shares. */}}
+
+{{- define "walstream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The resource name prefix: <release>-walstream, or the release name when it already contains the chart name. */}}
+{{- define "walstream.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A component's resource name: walstream.componentName (dict "root" $ "name" "api"). */}}
+{{- define "walstream.componentName" -}}
+{{- $prefix := include "walstream.fullname" .root | trunc (int (sub 62 (len .name))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix .name }}
+{{- end }}
+
+{{- define "walstream.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "walstream.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "walstream.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "walstream.labels" -}}
+helm.sh/chart: {{ include "walstream.chart" . }}
+{{ include "walstream.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: walstream
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: walstream.componentSelectorLabels (dict "root" $ "component" "worker" "group" "default"). */}}
+{{- define "walstream.componentSelectorLabels" -}}
+{{ include "walstream.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .group }}
+walstream.io/worker-group: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "walstream.componentLabels" -}}
+{{ include "walstream.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .group }}
+walstream.io/worker-group: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "walstream.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "walstream.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "walstream.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "walstream.namespacesConfigMap" -}}
+{{- include "walstream.componentName" (dict "root" . "name" "namespaces") }}
+{{- end }}
+
+{{/*
+The namespace documents, checked: each one's name defaults to its key and must match it, and every namespace
+a worker group lists must exist. Renders a map of file name -> YAML text.
+*/}}
+{{- define "walstream.namespaceFiles" -}}
+{{- $files := dict }}
+{{- range $key, $doc := .Values.namespaces }}
+{{- if and (hasKey $doc "name") (ne (toString (get $doc "name")) $key) }}
+{{- fail (printf "namespaces.%s: its name is %q; it must be %q (the key)" $key (toString (get $doc "name")) $key) }}
+{{- end }}
+{{- $_ := set $files (printf "%s.yaml" $key) (merge (dict "name" $key) (deepCopy $doc) | toYaml) }}
+{{- end }}
+{{- range .Values.workers.groups }}
+{{- $group := .name }}
+{{- range .namespaces }}
+{{- if not (hasKey $.Values.namespaces .) }}
+{{- fail (printf "workers.groups[%s] lists namespace %q, which is not defined under namespaces" $group .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/* The environment every walstream container gets. */}}
+{{- define "walstream.env" -}}
+- name: WALSTREAM_STACK_MODE
+  value: external
+- name: WALSTREAM_KAFKA_BOOTSTRAP
+  value: {{ .Values.endpoints.kafkaBootstrap | quote }}
+- name: WALSTREAM_CASSANDRA_CONTACT
+  value: {{ .Values.endpoints.cassandraContact | quote }}
+- name: WALSTREAM_ELASTICSEARCH_URL
+  value: {{ .Values.endpoints.elasticsearchUrl | quote }}
+- name: WALSTREAM_NAMESPACE_DIR
+  value: /etc/walstream/namespaces
+- name: WALSTREAM_DATA_DIR
+  value: /var/lib/walstream
+{{- with .Values.replicationFactor }}
+- name: WALSTREAM_REPLICATION_FACTOR
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod-level fields every walstream pod shares (service account, security context, volumes of scratch space and
+namespaces). Call with (dict "root" $); add "auth" true to mount the tokens Secret, "configMap" and
+"serviceAccount" to use other ones than the release's (the pre-install hook does).
+*/}}
+{{- define "walstream.podCommon" -}}
+{{- $root := .root -}}
+serviceAccountName: {{ .serviceAccount | default (include "walstream.serviceAccountName" $root) }}
+automountServiceAccountToken: false
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ $root.Values.volumes.tmpSizeLimit }}
+  - name: data
+    emptyDir:
+      sizeLimit: {{ $root.Values.volumes.dataSizeLimit }}
+  - name: namespaces
+    configMap:
+      name: {{ .configMap | default (include "walstream.namespacesConfigMap" $root) }}
+  {{- if and .auth $root.Values.auth.existingSecret }}
+  - name: auth
+    secret:
+      secretName: {{ $root.Values.auth.existingSecret }}
+      items:
+        - key: {{ $root.Values.auth.key }}
+          path: tokens.yaml
+  {{- end }}
+{{- end }}
+
+{{/* The container fields every walstream container shares: image, security context, env and mounts. */}}
+{{- define "walstream.containerCommon" -}}
+{{- $root := .root -}}
+image: {{ include "walstream.image" $root }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+workingDir: /var/lib/walstream
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+env:
+  {{- include "walstream.env" $root | nindent 2 }}
+  {{- if and .auth $root.Values.auth.existingSecret }}
+  - name: WALSTREAM_API_TOKENS_FILE
+    value: /etc/walstream/auth/tokens.yaml
+  {{- end }}
+{{- with $root.Values.extraEnvFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  - name: data
+    mountPath: /var/lib/walstream
+  - name: namespaces
+    mountPath: /etc/walstream/namespaces
+    readOnly: true
+  {{- if and .auth $root.Values.auth.existingSecret }}
+  - name: auth
+    mountPath: /etc/walstream/auth
+    readOnly: true
+  {{- end }}
+{{- end }}
+
+{{/* Probes and the metrics port of a long-running container. */}}
+{{- define "walstream.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.startup | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
+{{- end }}
+
+{{/* Pod annotations: the user's, plus a checksum of the namespaces so a change rolls the pods. */}}
+{{- define "walstream.podAnnotations" -}}
+checksum/namespaces: {{ include "walstream.namespaceFiles" . | sha256sum }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A worker group's KEDA settings: the global ones, overridden by the group's. */}}
+{{- define "walstream.groupKeda" -}}
+{{- $keda := deepCopy .root.Values.workers.keda }}
+{{- range $key, $value := (.group.keda | default dict) }}
+{{- $_ := set $keda $key $value }}
+{{- end }}
+{{- toYaml $keda }}
+{{- end }}

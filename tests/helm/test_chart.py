@@ -1,0 +1,477 @@
+"""The Helm chart: lint, Kubernetes schema validation of what it renders, and the promises the chart makes.
+
+Needs helm and kubernetes-validate in ${WALSTREAM_TOOLS_DIR:-<repo>/.tools}/bin: `bash helm/install-tools.sh`.
+A missing tool fails these tests; it never skips them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "walstream"
+EXAMPLES = CHART / "examples"
+TOOLS_BIN = Path(os.environ.get("WALSTREAM_TOOLS_DIR") or REPO / ".tools") / "bin"
+INSTALL_HINT = "run `bash helm/install-tools.sh` from the repository root"
+
+RELEASE = "wal"
+K8S_NAMESPACE = "walstream"
+# The chart's kubeVersion floor and the newest version kubernetes-validate bundles.
+KUBE_VERSIONS = ("1.25", "1.37")
+# Custom resources: their schemas are not among Kubernetes' own, so only these are left to the checks below.
+CRD_KINDS = frozenset({"ScaledObject", "ServiceMonitor"})
+
+# Values files the chart must render cleanly: None is the chart's defaults.
+CASES: dict[str, Path | None] = {
+    "defaults": None,
+    "small": EXAMPLES / "small.yaml",
+    "production": EXAMPLES / "production.yaml",
+}
+
+Manifest = dict[str, Any]
+
+
+# -- tools and rendering -----------------------------------------------------------------------------------------------
+
+
+def tool(name: str, bin_dir: Path = TOOLS_BIN) -> Path:
+    """The path of a pinned tool; fails (never skips) the test when it is not installed."""
+    path = bin_dir / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{name} is not installed at {path}: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+@cache
+def _helm_home() -> dict[str, str]:
+    # Keep helm away from the user's own repositories, plugins and caches.
+    home = Path(tempfile.mkdtemp(prefix="walstream-helm-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return {
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+def helm(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_helm_home()}
+    return subprocess.run(
+        [str(tool("helm")), *map(str, args)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def values_args(values: Path | None) -> list[str | Path]:
+    return ["-f", values] if values is not None else []
+
+
+@cache
+def render(case: str) -> tuple[Manifest, ...]:
+    """Every manifest `helm template` renders for one values case, hooks included."""
+    result = helm("template", RELEASE, CHART, "--namespace", K8S_NAMESPACE, *values_args(CASES[case]))
+    assert result.returncode == 0, f"helm template failed for {case}:\n{result.stderr}"
+    docs = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert docs, f"helm template rendered nothing for {case}"
+    return docs
+
+
+def values_of(case: str) -> dict[str, Any]:
+    """The chart's values for a case: defaults overlaid with the case's file (lists replace, as in Helm)."""
+
+    def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(base)
+        for key, value in top.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = overlay(merged[key], value)
+            else:
+                merged[key] = value
+        return merged
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    path = CASES[case]
+    return defaults if path is None else overlay(defaults, yaml.safe_load(path.read_text()) or {})
+
+
+def of_kind(docs: tuple[Manifest, ...], kind: str) -> list[Manifest]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def component(doc: Manifest) -> str | None:
+    value = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    return None if value is None else str(value)
+
+
+def pod_templates(docs: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
+    """(name, pod spec) of every workload that runs pods."""
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+def is_custom_resource(doc: Manifest) -> bool:
+    """Kubernetes' own API groups are core (no group), dot-less (apps, batch...) or end in .k8s.io."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
+
+
+def fullname(name: str) -> str:
+    return f"{RELEASE}-walstream-{name}"
+
+
+all_cases = pytest.mark.parametrize("case", list(CASES))
+
+
+# -- the tools themselves ----------------------------------------------------------------------------------------------
+
+
+def test_a_missing_tool_fails_with_the_install_command(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"bash helm/install-tools\.sh"):
+        tool("helm", bin_dir=tmp_path)
+
+
+def test_every_example_values_file_is_tested() -> None:
+    assert set(EXAMPLES.glob("*.yaml")) == {path for path in CASES.values() if path is not None}
+
+
+# -- lint and Kubernetes schemas ---------------------------------------------------------------------------------------
+
+
+@all_cases
+def test_helm_lint_strict(case: str) -> None:
+    result = helm("lint", "--strict", CHART, *values_args(CASES[case]))
+    assert result.returncode == 0, f"helm lint --strict failed for {case}:\n{result.stdout}\n{result.stderr}"
+
+
+@all_cases
+def test_manifests_validate_against_kubernetes_schemas(case: str, tmp_path: Path) -> None:
+    docs = render(case)
+    core = [doc for doc in docs if doc["kind"] not in CRD_KINDS]
+    manifest = tmp_path / f"{case}.yaml"
+    manifest.write_text(yaml.safe_dump_all(core, sort_keys=False))
+    versions = [arg for version in KUBE_VERSIONS for arg in ("-k", version)]
+    result = subprocess.run(
+        [str(tool("kubernetes-validate")), "--strict", *versions, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    # A kind it has no schema for is only a WARN with exit 0: count the passes so nothing slips through unchecked.
+    problems = [line for line in lines if not line.startswith("INFO ")]
+    passed = [line for line in lines if line.startswith("INFO ") and " passed for resource " in line]
+    assert not problems, "kubernetes-validate reported:\n" + "\n".join(problems)
+    assert result.returncode == 0, f"kubernetes-validate exited {result.returncode}:\n{result.stdout}{result.stderr}"
+    assert len(passed) == len(core) * len(KUBE_VERSIONS), result.stdout
+
+
+@all_cases
+def test_custom_resources_are_well_formed(case: str) -> None:
+    """What can be checked of the CRD kinds that the Kubernetes schemas do not cover."""
+    docs = render(case)
+    custom = {doc["kind"] for doc in docs if is_custom_resource(doc)}
+    assert custom <= CRD_KINDS, f"custom resources nobody validates: {custom - CRD_KINDS}"
+    assert case != "production" or custom == CRD_KINDS
+    deployments = {doc["metadata"]["name"] for doc in of_kind(docs, "Deployment")}
+    for scaled in of_kind(docs, "ScaledObject"):
+        assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+        spec = scaled["spec"]
+        assert set(spec) <= {
+            "scaleTargetRef",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "pollingInterval",
+            "cooldownPeriod",
+            "triggers",
+        }
+        assert spec["scaleTargetRef"]["name"] in deployments
+        assert isinstance(spec["minReplicaCount"], int) and isinstance(spec["maxReplicaCount"], int)
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        assert spec["triggers"]
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "kafka"
+            # KEDA trigger metadata is a map of strings.
+            assert all(isinstance(value, str) for value in trigger["metadata"].values()), trigger
+    services = of_kind(docs, "Service")
+    for monitor in of_kind(docs, "ServiceMonitor"):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        selected = [s for s in services if wanted.items() <= s["metadata"]["labels"].items()]
+        assert len(selected) == 1, f"ServiceMonitor selects {len(selected)} Services"
+        ports = {port["name"] for port in selected[0]["spec"]["ports"]}
+        assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
+
+
+# -- the chart's promises ----------------------------------------------------------------------------------------------
+
+
+@all_cases
+def test_every_long_running_container_has_liveness_and_readiness_probes(case: str) -> None:
+    docs = render(case)
+    metrics_port = values_of(case)["ports"]["metrics"]
+    deployments = of_kind(docs, "Deployment")
+    assert deployments
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{deployment['metadata']['name']}/{container['name']}"
+            assert container.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", where
+            assert container.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", where
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert container[probe]["httpGet"]["port"] == "metrics", where
+            named = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+            assert named.get("metrics") == metrics_port, where
+
+
+@all_cases
+def test_pods_run_as_non_root_with_a_read_only_root_filesystem(case: str) -> None:
+    pods = list(pod_templates(render(case)))
+    assert pods
+    for name, pod in pods:
+        security = pod.get("securityContext", {})
+        assert security.get("runAsNonRoot") is True, name
+        assert security.get("runAsUser", 0) != 0, name
+        assert security.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        empty_dirs = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            context = container.get("securityContext", {})
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("privileged", False) is False, where
+            assert "ALL" in context.get("capabilities", {}).get("drop", []), where
+            assert context.get("runAsUser", security.get("runAsUser")) == 10001, where
+            mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+            for path in ("/tmp", "/var/lib/walstream"):
+                assert mounts.get(path) in empty_dirs, f"{where}: {path} is not an emptyDir"
+
+
+@all_cases
+def test_one_worker_deployment_per_group(case: str) -> None:
+    docs = render(case)
+    groups = values_of(case)["workers"]["groups"]
+    workers = [doc for doc in of_kind(docs, "Deployment") if component(doc) == "worker"]
+    assert sorted(doc["metadata"]["name"] for doc in workers) == sorted(fullname(f"worker-{g['name']}") for g in groups)
+    for group in groups:
+        (deployment,) = [doc for doc in workers if doc["metadata"]["name"] == fullname(f"worker-{group['name']}")]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == [
+            "worker",
+            "--group",
+            group["name"],
+            "--namespaces",
+            ",".join(group["namespaces"]),
+            "--metrics-port",
+            "9100",
+        ]
+        assert container["resources"] == group["resources"]
+
+
+def test_worker_groups_of_the_examples() -> None:
+    """Pins the counts the generic test derives, so a broken values_of cannot make it pass vacuously."""
+    counts = {
+        case: len([doc for doc in of_kind(render(case), "Deployment") if component(doc) == "worker"]) for case in CASES
+    }
+    assert counts == {"defaults": 1, "small": 1, "production": 2}
+
+
+@all_cases
+def test_keda_scales_each_group_on_its_namespaces_lag(case: str) -> None:
+    docs = render(case)
+    values = values_of(case)
+    scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in of_kind(docs, "ScaledObject")}
+    deployments = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Deployment")}
+    for group in values["workers"]["groups"]:
+        name = fullname(f"worker-{group['name']}")
+        enabled = group.get("keda", {}).get("enabled", values["workers"]["keda"]["enabled"])
+        if not enabled:
+            assert name not in scaled
+            assert deployments[name]["spec"]["replicas"] == group["replicas"]
+            continue
+        assert "replicas" not in deployments[name]["spec"], "KEDA owns the replica count"
+        triggers = [t["metadata"] for t in scaled[name]["spec"]["triggers"]]
+        assert [(t["consumerGroup"], t["topic"]) for t in triggers] == [
+            (f"walstream.{ns}", f"wal.{ns}") for ns in group["namespaces"]
+        ]
+    assert case != "production" or len(scaled) == 2
+
+
+@all_cases
+def test_namespaces_config_map_holds_every_namespace(case: str) -> None:
+    docs = render(case)
+    configured = values_of(case)["namespaces"]
+    maps = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "ConfigMap")}
+    regular, hook = maps[fullname("namespaces")], maps[fullname("namespaces-apply")]
+    assert hook["data"] == regular["data"], "the install hook must see the same namespaces as the workers"
+    assert set(regular["data"]) == {f"{name}.yaml" for name in configured}
+    for name, document in configured.items():
+        parsed = yaml.safe_load(regular["data"][f"{name}.yaml"])
+        assert isinstance(parsed, dict)
+        assert parsed["name"] == name
+        assert parsed == {**document, "name": name}
+
+
+@all_cases
+def test_namespaces_are_valid_walstream_namespaces(case: str) -> None:
+    """The rendered documents load with walstream's own strict namespace validation."""
+    from streams.namespaces import parse_namespace
+
+    (config_map,) = [
+        doc for doc in of_kind(render(case), "ConfigMap") if doc["metadata"]["name"] == fullname("namespaces")
+    ]
+    for file_name, text in config_map["data"].items():
+        namespace = parse_namespace(yaml.safe_load(text), Path(file_name))
+        assert f"{namespace.name}.yaml" == file_name
+
+
+@all_cases
+def test_every_walstream_container_is_configured_by_environment(case: str) -> None:
+    docs = render(case)
+    values = values_of(case)
+    expected = {
+        "WALSTREAM_STACK_MODE": "external",
+        "WALSTREAM_KAFKA_BOOTSTRAP": values["endpoints"]["kafkaBootstrap"],
+        "WALSTREAM_CASSANDRA_CONTACT": values["endpoints"]["cassandraContact"],
+        "WALSTREAM_ELASTICSEARCH_URL": values["endpoints"]["elasticsearchUrl"],
+        "WALSTREAM_NAMESPACE_DIR": "/etc/walstream/namespaces",
+        "WALSTREAM_DATA_DIR": "/var/lib/walstream",
+    }
+    for name, pod in pod_templates(docs):
+        (container,) = pod["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert expected.items() <= env.items(), name
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        config_map = volumes[mounts["/etc/walstream/namespaces"]]["configMap"]["name"]
+        assert config_map in {fullname("namespaces"), fullname("namespaces-apply")}, name
+        is_api = name == f"Deployment/{fullname('api')}"
+        secret = values["auth"]["existingSecret"]
+        if is_api and secret:
+            assert env["WALSTREAM_API_TOKENS_FILE"] == "/etc/walstream/auth/tokens.yaml"
+            assert volumes[mounts["/etc/walstream/auth"]]["secret"]["secretName"] == secret
+        else:
+            assert "WALSTREAM_API_TOKENS_FILE" not in env, name
+    assert case != "production" or values["auth"]["existingSecret"]
+
+
+@all_cases
+def test_api_service_autoscaling_and_commands(case: str) -> None:
+    docs = render(case)
+    values = values_of(case)
+    deployments = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Deployment")}
+    api = deployments[fullname("api")]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["api", "--port", "50051", "--metrics-port", "9100"]
+    (service,) = [doc for doc in of_kind(docs, "Service") if doc["metadata"]["name"] == fullname("api")]
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 50051), ("metrics", 9100)}
+    assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    if values["api"]["autoscaling"]["enabled"]:
+        (hpa,) = hpas
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["name"] == fullname("api")
+        assert "replicas" not in api["spec"]
+    else:
+        assert not hpas
+        assert api["spec"]["replicas"] == values["api"]["replicas"]
+    (retry,) = [deployments[fullname("retry")]["spec"]["template"]["spec"]["containers"][0]]
+    assert retry["args"] == ["worker", "--retry", "--metrics-port", "9100"]
+    for name, deployment in deployments.items():
+        pdbs = [p for p in of_kind(docs, "PodDisruptionBudget") if p["metadata"]["name"] == name]
+        for pdb in pdbs:
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@all_cases
+def test_namespaces_apply_runs_as_a_pre_install_and_pre_upgrade_hook(case: str) -> None:
+    docs = render(case)
+    (job,) = of_kind(docs, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["namespaces", "apply"]
+    # What the Job needs must be created before it: hooks run before the release's ordinary resources exist.
+    hook_weight = int(annotations["helm.sh/hook-weight"])
+    pod = job["spec"]["template"]["spec"]
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    needed = [("ConfigMap", volumes["namespaces"]["configMap"]["name"])]
+    if values_of(case)["serviceAccount"]["create"]:
+        needed.append(("ServiceAccount", pod["serviceAccountName"]))
+    for key in needed:
+        needed_annotations = by_name[key]["metadata"].get("annotations", {})
+        assert "pre-install" in needed_annotations.get("helm.sh/hook", ""), key
+        assert int(needed_annotations["helm.sh/hook-weight"]) < hook_weight, key
+
+
+# -- values.schema.json ------------------------------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "top-level typo": ("workres:\n  groups: []\n", "additional properties 'workres' not allowed"),
+    "replicas as a string": ('api:\n  replicas: "2"\n', "/api/replicas"),
+    "group replicas as a string": (
+        "workers:\n  groups:\n    - name: main\n      namespaces: [orders]\n      replicas: two\n      resources: {}\n",
+        "/workers/groups/0/replicas",
+    ),
+    "group key typo": (
+        "workers:\n  groups:\n    - name: main\n      namespace: [orders]\n      replicas: 1\n      resources: {}\n",
+        "/workers/groups/0",
+    ),
+    "nested typo": ("api:\n  autoscalling:\n    enabled: false\n", "additional properties 'autoscalling' not allowed"),
+    "bad endpoint": ("endpoints:\n  cassandraContact: cassandra\n", "/endpoints/cassandraContact"),
+    "bad namespace name": (
+        "namespaces:\n  Orders:\n    partitions: 3\n    targets: {a: {}}\n",
+        "'Orders' does not match pattern",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_values_schema_rejects_bad_values(name: str, tmp_path: Path) -> None:
+    text, message = BAD_VALUES[name]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    commands: list[list[str | Path]] = [["template", RELEASE, CHART], ["lint", "--strict", CHART]]
+    for command in commands:
+        result = helm(*command, "-f", bad)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, f"helm {command[0]} accepted {name!r}:\n{text}"
+        assert "schema" in output and message in output, output
+
+
+def test_a_group_naming_an_undefined_namespace_is_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "workers:\n  groups:\n    - name: main\n      namespaces: [nope]\n      replicas: 1\n      resources: {}\n"
+    )
+    result = helm("template", RELEASE, CHART, "-f", bad)
+    assert result.returncode != 0
+    assert 'lists namespace "nope", which is not defined under namespaces' in result.stderr
+
+
+def test_worker_group_names_must_be_unique(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    group = "    - name: main\n      namespaces: [orders]\n      replicas: 1\n      resources: {}\n"
+    bad.write_text("workers:\n  groups:\n" + group + group)
+    result = helm("template", RELEASE, CHART, "-f", bad)
+    assert result.returncode != 0
+    assert 'the group name "main" is used twice' in result.stderr
+
+
+def test_the_image_runs_as_the_user_the_chart_expects() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    defaults = values_of("defaults")
+    assert f"USER {defaults['securityContext']['runAsUser']}" in dockerfile
+    assert 'ENTRYPOINT ["walstream"]' in dockerfile

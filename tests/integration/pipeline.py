@@ -1,0 +1,175 @@
+"""Helpers for end-to-end tests: a throwaway namespace, a real worker process, and reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cassandra.cluster import Session
+from elasticsearch import Elasticsearch
+
+from connectors.endpoints import Endpoints
+from connectors.kafka.admin import KafkaAdmin
+from streams.model import Op, WalEntry
+from streams.namespaces import Namespace, load_namespace
+from streams.wiring import apply_namespaces
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def namespace_document(name: str, partitions: int = 3, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "partitions": partitions,
+        "payload": {"format": "json"},
+        "targets": {
+            "primary": {
+                "type": "cassandra",
+                "keyspace": name,
+                "table": "items",
+                "key_column": "id",
+                "columns": {"color": {"type": "text"}, "qty": {"type": "bigint"}},
+            },
+            "search": {"type": "elasticsearch", "index": name.replace("_", "-"), "fields": {"color": "keyword", "qty": "long"}},
+        },
+    }
+    doc.update(overrides)
+    return doc
+
+
+@dataclass
+class ScratchNamespace:
+    namespace: Namespace
+    directory: Path
+    endpoints: Endpoints
+
+    @property
+    def name(self) -> str:
+        return self.namespace.name
+
+    @property
+    def keyspace(self) -> str:
+        return self.name
+
+    @property
+    def index(self) -> str:
+        return self.name.replace("_", "-")
+
+    def drop(self, session: Session, es: Elasticsearch) -> None:
+        admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
+        internal = [t for t in admin._admin.list_topics(timeout=10).topics if t.startswith(f"walstream.{self.name}-")]
+        admin.delete_topics([*self.namespace.topics(), *internal])
+        session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
+        es.indices.delete(index=self.index, ignore_unavailable=True)
+
+
+def create_namespace(endpoints: Endpoints, directory: Path, partitions: int = 3, **overrides: Any) -> ScratchNamespace:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(namespace_document(name, partitions, **overrides)))
+    ns = load_namespace(path)
+    asyncio.run(apply_namespaces([ns], endpoints))
+    return ScratchNamespace(ns, directory, endpoints)
+
+
+@dataclass
+class WorkerProcess:
+    """A real `walstream worker` process for one namespace, stopped by its own pid."""
+
+    ns: ScratchNamespace
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    def start(self) -> WorkerProcess:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+            "WALSTREAM_NAMESPACE_DIR": str(self.ns.directory),
+            "WALSTREAM_DATA_DIR": str(self.data_dir),
+            "WALSTREAM_STACK_MODE": "external",
+            "WALSTREAM_KAFKA_BOOTSTRAP": self.ns.endpoints.kafka_bootstrap,
+            "WALSTREAM_CASSANDRA_CONTACT": f"{self.ns.endpoints.cassandra_host}:{self.ns.endpoints.cassandra_port}",
+            "WALSTREAM_ELASTICSEARCH_URL": self.ns.endpoints.elasticsearch_url,
+        }
+        self.starts += 1
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--namespaces", self.ns.name],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook, no final commit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=30)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def model_of(entries: Iterable[WalEntry]) -> dict[str, dict[str, Any] | None]:
+    """Last writer wins by sequence: the state every target must converge to."""
+    import json
+
+    newest: dict[str, WalEntry] = {}
+    for e in entries:
+        if e.key not in newest or e.sequence > newest[e.key].sequence:
+            newest[e.key] = e
+    return {k: None if e.op is Op.DELETE else json.loads(e.payload) for k, e in newest.items()}
+
+
+def cassandra_rows(session: Session, keyspace: str) -> dict[str, tuple[Any, ...]]:
+    return {r.id: (r.color, r.qty) for r in session.execute(f"SELECT id, color, qty FROM {keyspace}.items")}
+
+
+def es_docs(es: Elasticsearch, index: str) -> dict[str, tuple[Any, ...]]:
+    es.indices.refresh(index=index)
+    found: dict[str, tuple[Any, ...]] = {}
+    resp = es.search(index=index, query={"match_all": {}}, size=10000, version=True)
+    for hit in resp["hits"]["hits"]:
+        found[hit["_id"]] = (hit["_source"]["color"], hit["_source"]["qty"])
+    return found
+
+
+def expected_rows(model: dict[str, dict[str, Any] | None]) -> dict[str, tuple[Any, ...]]:
+    return {k: (v["color"], v["qty"]) for k, v in model.items() if v is not None}
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, on_timeout: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_timeout()}")
