@@ -53,9 +53,12 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from connectors.provision import provision
+    from streams.demo import run_demo
 
     settings = load_settings()
+    namespaces = _namespaces(settings, None)
+    if args.namespace not in namespaces:
+        raise UsageError(f"no namespace {args.namespace!r} in {settings.runtime.namespace_dir}")
     with contextlib.ExitStack() as stack:
         if settings.mode is StackMode.LOCAL:
             # `make run` leaves the local stack up for the user; `walstream stack down` stops it.
@@ -67,11 +70,17 @@ def _run(args: argparse.Namespace) -> int:
             endpoints = local.endpoints()
         else:
             endpoints = stack.enter_context(provision(settings, progress=_say))
-        print("\nwalstream is ready:")
-        for name, where in endpoints.describe().items():
-            print(f"  {name:<14} {where}")
-        print("\nNext: `walstream stack status`, `walstream stack logs`, `walstream stack down`.")
-    return 0
+        ok = run_demo(
+            endpoints,
+            namespaces[args.namespace],
+            settings.runtime.namespace_dir,
+            settings.runtime.data_dir,
+            _say,
+            count=args.entries,
+            keys=args.keys,
+        )
+    print("\nThe stack is still up: `walstream stack status`, `walstream cdc tail orders`, `walstream stack down`.")
+    return 0 if ok else 1
 
 
 def _endpoints(settings: Settings) -> Endpoints:
@@ -185,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(handler=_stack)
 
     run = sub.add_parser("run", help="the main job on the configured stack (`make run`)")
+    run.add_argument("--namespace", default="orders", help="the namespace to run (default: orders)")
+    run.add_argument("--entries", type=int, default=20000, help="entries to write (default 20000)")
+    run.add_argument("--keys", type=int, default=4000, help="distinct keys they touch (default 4000)")
     run.set_defaults(handler=_run)
 
     ns = sub.add_parser("namespaces", help="check namespace files, or create their topics, tables and indices")

@@ -40,7 +40,11 @@ def namespace_document(name: str, partitions: int = 3, **overrides: Any) -> dict
                 "key_column": "id",
                 "columns": {"color": {"type": "text"}, "qty": {"type": "bigint"}},
             },
-            "search": {"type": "elasticsearch", "index": name.replace("_", "-"), "fields": {"color": "keyword", "qty": "long"}},
+            "search": {
+                "type": "elasticsearch",
+                "index": name.replace("_", "-"),
+                "fields": {"color": "keyword", "qty": "long"},
+            },
         },
     }
     doc.update(overrides)
@@ -166,7 +170,9 @@ def expected_rows(model: dict[str, dict[str, Any] | None]) -> dict[str, tuple[An
     return {k: (v["color"], v["qty"]) for k, v in model.items() if v is not None}
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, on_timeout: Callable[[], str] = lambda: "") -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, on_timeout: Callable[[], str] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

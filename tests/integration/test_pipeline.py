@@ -75,17 +75,24 @@ def _write_all(writer: SyncWalWriter, entries: list[WalEntry]) -> None:
     assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
 
 
-def _converged(ns: ScratchNamespace, stores: tuple[Session, Elasticsearch], expected: dict[str, tuple[object, ...]]) -> bool:
+def _converged(
+    ns: ScratchNamespace, stores: tuple[Session, Elasticsearch], expected: dict[str, tuple[object, ...]]
+) -> bool:
     session, es = stores
     return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
 
 
-def _diagnose(ns: ScratchNamespace, stores: tuple[Session, Elasticsearch], worker: WorkerProcess,
-              expected: dict[str, tuple[object, ...]]) -> str:
+def _diagnose(
+    ns: ScratchNamespace,
+    stores: tuple[Session, Elasticsearch],
+    worker: WorkerProcess,
+    expected: dict[str, tuple[object, ...]],
+) -> str:
     session, es = stores
     rows, docs = cassandra_rows(session, ns.keyspace), es_docs(es, ns.index)
     return (
-        f"expected {len(expected)} keys; cassandra has {len(rows)} ({sum(rows.get(k) == v for k, v in expected.items())} "
+        f"expected {len(expected)} keys; cassandra has {len(rows)} "
+        f"({sum(rows.get(k) == v for k, v in expected.items())} "
         f"right), elasticsearch {len(docs)} ({sum(docs.get(k) == v for k, v in expected.items())} right)\n"
         f"worker log:\n{worker.tail()}"
     )
@@ -102,8 +109,9 @@ def test_entries_converge_to_their_newest_version_with_cdc(
     finally:
         writer.close()
     expected = expected_rows(model_of(entries))
-    wait_until(lambda: _converged(ns, stores, expected), 120, "convergence",
-               lambda: _diagnose(ns, stores, worker, expected))
+    wait_until(
+        lambda: _converged(ns, stores, expected), 120, "convergence", lambda: _diagnose(ns, stores, worker, expected)
+    )
 
     # Entries of one key are in one partition and in order, so every entry changes its key: one event each,
     # with c for a key's first version (or the first after a delete), u after it, d for a delete.
@@ -113,10 +121,7 @@ def test_entries_converge_to_their_newest_version_with_cdc(
     by_id = {e.entry_id: e for e in entries}
     for event in sorted(events, key=lambda ev: by_id[ev["source"]["entry_id"]].sequence):
         entry = by_id[event["source"]["entry_id"]]
-        if entry.op is Op.DELETE:
-            want = "d"
-        else:
-            want = "u" if exists.get(entry.key) else "c"
+        want = "d" if entry.op is Op.DELETE else "u" if exists.get(entry.key) else "c"
         assert event["op"] == want, (event, entry)
         assert event["source"]["sequence"] == entry.sequence
         exists[entry.key] = entry.op is Op.UPSERT
@@ -132,8 +137,12 @@ def test_replayed_entries_change_nothing_and_publish_nothing(
         _write_all(writer, entries)
         expected_now = {**cassandra_rows(stores[0], ns.keyspace)}
         expected_now.update({e.key: ("green", i) for i, e in enumerate(entries)})
-        wait_until(lambda: _converged(ns, stores, expected_now), 60, "first delivery",
-                   lambda: _diagnose(ns, stores, worker, expected_now))
+        wait_until(
+            lambda: _converged(ns, stores, expected_now),
+            60,
+            "first delivery",
+            lambda: _diagnose(ns, stores, worker, expected_now),
+        )
         cdc_before = sum(1 for _ in read_cdc(endpoints, ns.name, 0, idle_timeout=5, from_beginning=True))
         # The same entries again (same ids, same sequences), as a replay or a producer retry would send them.
         _write_all(writer, entries + entries[:50])
@@ -142,8 +151,12 @@ def test_replayed_entries_change_nothing_and_publish_nothing(
     finally:
         writer.close()
     expected_now["replay-marker"] = ("black", 1)
-    wait_until(lambda: _converged(ns, stores, expected_now), 60, "the marker",
-               lambda: _diagnose(ns, stores, worker, expected_now))
+    wait_until(
+        lambda: _converged(ns, stores, expected_now),
+        60,
+        "the marker",
+        lambda: _diagnose(ns, stores, worker, expected_now),
+    )
     cdc_after = sum(1 for _ in read_cdc(endpoints, ns.name, 0, idle_timeout=5, from_beginning=True))
     assert cdc_after == cdc_before + 1  # only the marker was a change
 
@@ -153,7 +166,7 @@ def test_an_undecodable_record_goes_to_the_dlq_and_does_not_stall_its_partition(
 ) -> None:
     ns, worker = live
     raw = Producer({"bootstrap.servers": endpoints.kafka_bootstrap})
-    garbage = [b"\x00\x01garbage", b"\xc3\x01" + b"\x00" * 8 + b"body", b"{\"not\": \"avro\"}"]
+    garbage = [b"\x00\x01garbage", b"\xc3\x01" + b"\x00" * 8 + b"body", b'{"not": "avro"}']
     for partition in range(ns.namespace.partitions):
         for junk in garbage:
             raw.produce(topics.wal_topic(ns.name), key=b"junk", value=junk, partition=partition)
@@ -177,8 +190,9 @@ def test_an_undecodable_record_goes_to_the_dlq_and_does_not_stall_its_partition(
     codec = Codec()
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": endpoints.kafka_bootstrap, "group.id": f"dlq-{ns.name}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": endpoints.kafka_bootstrap, "group.id": f"dlq-{ns.name}", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topics.dlq_topic(ns.name)])
     letters = []
     deadline_polls = 60
@@ -196,8 +210,19 @@ def test_an_undecodable_record_goes_to_the_dlq_and_does_not_stall_its_partition(
 
 def test_cdc_tail_prints_change_events(live: tuple[ScratchNamespace, WorkerProcess], endpoints: Endpoints) -> None:
     ns, _ = live
-    env_cmd = [sys.executable, "-m", "streams.cli", "cdc", "tail", ns.name, "--from-beginning", "--max", "5",
-               "--timeout", "30"]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "cdc",
+        "tail",
+        ns.name,
+        "--from-beginning",
+        "--max",
+        "5",
+        "--timeout",
+        "30",
+    ]
     import os
 
     env = {**os.environ, "WALSTREAM_STACK_MODE": "external", "WALSTREAM_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap}
@@ -228,8 +253,12 @@ def test_a_worker_killed_mid_stream_loses_nothing_after_restart(
         worker.kill()
         assert not _converged(ns, stores, expected), "the worker finished before it could be killed mid-stream"
         worker.start()
-        wait_until(lambda: _converged(ns, stores, expected), 180, "convergence after the restart",
-                   lambda: _diagnose(ns, stores, worker, expected))
+        wait_until(
+            lambda: _converged(ns, stores, expected),
+            180,
+            "convergence after the restart",
+            lambda: _diagnose(ns, stores, worker, expected),
+        )
         # No entry was lost on the way: each has its change event (a replay may repeat some; none is missing).
         seen = {e["source"]["entry_id"] for e in read_cdc(endpoints, ns.name, 0, idle_timeout=10, from_beginning=True)}
         assert {e.entry_id for e in entries} - seen == set()
