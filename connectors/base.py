@@ -20,6 +20,7 @@ class SinkWrite:
     op: Op
     sequence: int
     document: Mapping[str, Any] | None  # the decoded payload; None for a delete
+    raw: bytes = b""  # the payload as written (what a plain topic target delivers)
 
 
 class Outcome(StrEnum):

@@ -5,25 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import faust
 
+from connectors.base import Sink
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from connectors.kafka.producer import DurableProducer
 from streams import topics
-from streams.agents.fanout import Batcher, FanoutProcessor, Record
+from streams.agents.fanout import Applier, Batcher, FanoutProcessor, Record
+from streams.agents.retry import RetryRunner, tier_topics_of
+from streams.breaker import Breaker
 from streams.codec import Codec
 from streams.dispatch import Dispatcher
+from streams.health import HealthServer
 from streams.metrics import Metrics
 from streams.model import Origin
 from streams.namespaces import Namespace
 from streams.payload import PayloadCodec
+from streams.retry import RetrySchedule
+from streams.routing import FloodGuard, Router
 from streams.wiring import Connections, build_sinks, topic_specs
 
 log = logging.getLogger(__name__)
@@ -32,13 +41,22 @@ log = logging.getLogger(__name__)
 EXIT_NOT_DURABLE = 70
 
 
+class Role(StrEnum):
+    ALL = "all"  # fan-out agents and retry tiers in one process (the default)
+    FANOUT = "fanout"  # only the namespaces' logs
+    RETRY = "retry"  # only the retry tiers
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     group: str
     data_dir: Path
+    role: Role = Role.ALL
     replication_factor: int = 1
     batch_size: int = 500
     batch_within_s: float = 0.05
+    flood_hold_s: float = 30.0
+    metrics_port: int | None = None  # /metrics, /healthz and /readyz; None: not served
 
 
 def fail_fast(exc: BaseException) -> None:
@@ -48,8 +66,12 @@ def fail_fast(exc: BaseException) -> None:
     os._exit(EXIT_NOT_DURABLE)
 
 
+def schedule_of(ns: Namespace) -> RetrySchedule:
+    return RetrySchedule(ns.tier_delays_ms(), ns.retry.backoff_multiplier, ns.retry.max_attempts)
+
+
 class Worker:
-    """Everything one `walstream worker` process runs: an agent per namespace, sharing connectors."""
+    """Everything one `walstream worker` process runs: per namespace a fan-out agent and/or its retry tiers."""
 
     def __init__(
         self, endpoints: Endpoints, namespaces: Sequence[Namespace], options: WorkerOptions, metrics: Metrics
@@ -61,12 +83,56 @@ class Worker:
         self.options = options
         self.metrics = metrics
         self.codec = Codec()
-        self.connections = Connections(endpoints)
         self.producer = DurableProducer(endpoints.kafka_bootstrap)
+        self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute) for ns in self.namespaces}
+        self.app: faust.App | None = None
+        self.retry: RetryRunner | None = None
+        if options.role in (Role.ALL, Role.FANOUT):
+            self._build_fanout()
+        if options.role in (Role.ALL, Role.RETRY):
+            self.retry = RetryRunner(
+                endpoints.kafka_bootstrap,
+                f"walstream.{options.group}.retry",
+                tier_topics_of(self.namespaces),
+                self._retry_appliers,
+                self.codec,
+                fail_fast,
+                options.batch_size,
+            )
+
+    def appliers(self, connections: Connections, breakers: bool = True) -> dict[str, Applier]:
+        """One Applier per namespace, its sinks on ``connections`` (each event loop needs its own)."""
+        built = {}
+        for ns in self.namespaces:
+            sinks: dict[str, Sink] = {
+                name: Breaker(sink) if breakers else sink
+                for name, sink in build_sinks(ns, connections, self.producer).items()
+            }
+            schedule = schedule_of(ns)
+            router = Router(
+                ns.name, tuple(ns.targets), schedule, self.producer, self.codec, self.metrics, self._guards[ns.name]
+            )
+            built[ns.name] = Applier(
+                ns.name,
+                Dispatcher(sinks, PayloadCodec(ns.payload).decode),
+                router,
+                self.producer,
+                self.codec,
+                self.metrics,
+                schedule,
+                self.options.flood_hold_s,
+            )
+        return built
+
+    def _retry_appliers(self) -> Mapping[str, Applier]:
+        return self.appliers(Connections(self.endpoints))
+
+    def _build_fanout(self) -> None:
+        options = self.options
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             f"walstream.{options.group}",
-            broker=f"kafka://{endpoints.kafka_bootstrap}",
+            broker=f"kafka://{self.endpoints.kafka_bootstrap}",
             store="memory://",
             autodiscover=False,
             web_enabled=False,
@@ -80,13 +146,12 @@ class Worker:
             stream_wait_empty=False,
             broker_commit_every=options.batch_size * 4,
         )
+        appliers = self.appliers(Connections(self.endpoints))
         for ns in self.namespaces:
-            self._add_namespace(ns)
+            self._add_fanout(self.app, ns, appliers[ns.name])
 
-    def _add_namespace(self, ns: Namespace) -> None:
-        payload = PayloadCodec(ns.payload)
-        dispatcher = Dispatcher(build_sinks(ns, self.connections), payload.decode)
-        table = self.app.Table(
+    def _add_fanout(self, app: faust.App, ns: Namespace, applier: Applier) -> None:
+        table = app.Table(
             f"applied-{ns.name}",
             default=None,
             partitions=ns.partitions,
@@ -95,8 +160,8 @@ class Worker:
             # partition also owns its idempotency state, without needing the current event.
             use_partitioner=True,
         )
-        processor = FanoutProcessor(ns.name, dispatcher, table, self.producer, self.codec, self.metrics)
-        topic = self.app.topic(
+        processor = FanoutProcessor(applier, table)
+        topic = app.topic(
             topics.wal_topic(ns.name),
             key_type=bytes,
             value_type=bytes,
@@ -128,24 +193,49 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a crashed agent must not leave a worker that looks alive
                 fail_fast(exc)
 
-        self.app.agent(topic, name=f"walstream.fanout.{ns.name}")(fanout)
+        app.agent(topic, name=f"walstream.fanout.{ns.name}")(fanout)
 
     def ensure_topics(self) -> None:
         admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
         for ns in self.namespaces:
             admin.ensure_topics(topic_specs(ns))
 
+    def health(self) -> tuple[bool, dict[str, object]]:
+        retry_ok = self.retry is None or self.retry.alive
+        return retry_ok, {"role": self.options.role.value, "retry_thread": retry_ok}
+
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         self.ensure_topics()
-        worker = faust.Worker(self.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+        server = None
+        if self.options.metrics_port is not None:
+            server = HealthServer(self.metrics, self.health, self.health, self.options.metrics_port).start()
+            log.info("metrics and health on port %d", server.port)
+        if self.retry is not None:
+            self.retry.start()
         try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            return int(exc.code or 0)
+            if self.app is None:
+                return _wait_for_signal()
+            worker = faust.Worker(self.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+            try:
+                worker.execute_from_commandline()
+            except SystemExit as exc:
+                return int(exc.code or 0)
+            return 0
         finally:
+            if self.retry is not None:
+                self.retry.stop()
             self.producer.close()
-        return 0
+            if server is not None:
+                server.stop()
+
+
+def _wait_for_signal() -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    return 0
 
 
 def _record(event: Any) -> Record:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from connectors.endpoints import Endpoints
 from connectors.local.errors import StackError
@@ -126,7 +127,7 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.app import Worker, WorkerOptions
+    from streams.app import Role, Worker, WorkerOptions
     from streams.metrics import Metrics
 
     settings = load_settings()
@@ -142,8 +143,10 @@ def _worker(args: argparse.Namespace) -> int:
     options = WorkerOptions(
         group=group,
         data_dir=settings.runtime.data_dir / group,
+        role=Role.RETRY if args.retry else Role(args.role),
         replication_factor=settings.runtime.replication_factor,
         batch_size=args.batch_size,
+        metrics_port=args.metrics_port,
     )
     worker = Worker(_endpoints(settings), [namespaces[n] for n in chosen], options, Metrics())
     return worker.run()
@@ -169,6 +172,89 @@ def _cdc_tail(args: argparse.Namespace) -> int:
     settings = load_settings()
     tail_cdc(_endpoints(settings), args.namespace, args.max, args.timeout, args.from_beginning)
     return 0
+
+
+def _dlq_selection(args: argparse.Namespace) -> tuple[Endpoints, list[Any]]:
+    from streams.dlq import Letter, LetterFilter, parse_time, read_letters
+
+    settings = load_settings()
+    try:
+        chosen = LetterFilter(
+            error_class=args.error_class,
+            reason_contains=args.reason,
+            since_ms=parse_time(args.since) if args.since else None,
+            until_ms=parse_time(args.until) if args.until else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    endpoints = _endpoints(settings)
+    found: list[Any] = []
+    for item in read_letters(endpoints, args.namespace):
+        if isinstance(item, Letter):
+            if chosen.matches(item):
+                found.append(item)
+        else:
+            _say(item)
+    return endpoints, found
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    _, letters = _dlq_selection(args)
+    print(f"{'partition:offset':<18} {'failed at (UTC)':<20} {'class':<12} {'key':<20} {'entry id':<33} reason")
+    for item in letters:
+        d = item.letter
+        when = datetime.fromtimestamp(d.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        key = d.entry.key if d.entry else "-"
+        print(
+            f"{item.partition}:{item.offset:<16} {when:<20} {d.error_class:<12} {key[:20]:<20} "
+            f"{item.entry_id or '-':<33} {d.reason[:100]}"
+        )
+    _say(f"{len(letters)} dead letters")
+    return 0
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    import json
+
+    _, letters = _dlq_selection(args)
+    wanted = [i for i in letters if args.id in (i.entry_id, f"{i.partition}:{i.offset}")]
+    if not wanted:
+        raise UsageError(f"no dead letter with entry id or partition:offset {args.id!r} in {args.namespace}")
+    for item in wanted:
+        d = item.letter
+        entry = d.entry.to_record() if d.entry else None
+        if entry is not None:
+            entry["payload"] = entry["payload"].decode("utf-8", "replace")
+        print(
+            json.dumps(
+                {
+                    "partition": item.partition,
+                    "offset": item.offset,
+                    "error_class": d.error_class,
+                    "reason": d.reason,
+                    "attempts": d.attempts,
+                    "pending_targets": list(d.pending_targets),
+                    "failed_at_ms": d.failed_at_ms,
+                    "origin": d.origin.to_record(),
+                    "entry": entry,
+                    "raw_hex": d.raw.hex() if d.entry is None else None,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from streams.dlq import replay
+
+    endpoints, letters = _dlq_selection(args)
+    report = replay(endpoints, args.namespace, letters, frozenset(args.skip), _say)
+    _say(report.summary())
+    return 0 if report.failed == 0 else 1
 
 
 def _print_status(stack: object) -> bool:
@@ -212,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--namespaces", help="comma-separated namespaces (default: all in WALSTREAM_NAMESPACE_DIR)")
     worker.add_argument("--group", help="worker group name; the consumer group is walstream.<group>")
     worker.add_argument("--batch-size", type=int, default=500, help="records per fan-out batch (default 500)")
+    worker.add_argument(
+        "--role",
+        choices=["all", "fanout", "retry"],
+        default="all",
+        help="all (default): the logs and their retry tiers; fanout: only the logs; retry: only the retry tiers",
+    )
+    worker.add_argument("--retry", action="store_true", help="the same as --role retry")
+    worker.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
     worker.set_defaults(handler=_worker)
 
     produce = sub.add_parser("produce", help="write JSON lines ({key, op, payload, ...}) to a namespace")
@@ -227,6 +321,31 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
     tail.set_defaults(handler=_cdc_tail)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay a namespace's dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    for action, handler, text in (
+        ("list", _dlq_list, "one line per dead letter"),
+        ("show", _dlq_show, "everything about one dead letter"),
+        ("replay", _dlq_replay, "write the entries back to the log, with their original ids and sequences"),
+    ):
+        cmd = dlq_sub.add_parser(action, help=text)
+        cmd.add_argument("namespace")
+        if action == "show":
+            cmd.add_argument("id", help="entry id, or partition:offset in the DLQ")
+        cmd.add_argument("--error-class", choices=["undecodable", "fatal", "exhausted", "unauthorized"])
+        cmd.add_argument("--reason", help="only letters whose reason contains this text")
+        cmd.add_argument("--since", help="only letters failed at or after: ISO time, or an age such as 2h")
+        cmd.add_argument("--until", help="only letters failed before: ISO time, or an age such as 15m")
+        if action == "replay":
+            cmd.add_argument(
+                "--skip",
+                action="append",
+                default=[],
+                metavar="ENTRY_ID",
+                help="leave this entry out (repeatable): replay everything but a known-bad write",
+            )
+        cmd.set_defaults(handler=handler)
     return parser
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch
+from elasticsearch.helpers import scan
 
 from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
@@ -192,11 +193,7 @@ def _cassandra_state(session: Any, cass: CassandraTarget) -> dict[str, dict[str,
 
 def _es_state(es: Elasticsearch, index: str) -> dict[str, dict[str, Any]]:
     es.indices.refresh(index=index)
-    docs: dict[str, dict[str, Any]] = {}
-    resp = es.search(index=index, query={"match_all": {}}, size=10000, sort=["_doc"])
-    for hit in resp["hits"]["hits"]:
-        docs[hit["_id"]] = hit["_source"]
-    return docs
+    return {hit["_id"]: hit["_source"] for hit in scan(es, index=index, query={"query": {"match_all": {}}}, size=5000)}
 
 
 def _matching(found: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> int:

@@ -103,7 +103,7 @@ class Dispatcher:
                     failed.update({t: WriteResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
                     todo = []
             for target in todo:
-                writes[target].append((index, SinkWrite(entry.key, entry.op, entry.sequence, document)))
+                writes[target].append((index, SinkWrite(entry.key, entry.op, entry.sequence, document, entry.payload)))
             plans.append((entry, todo, skipped, failed))
 
         results = await asyncio.gather(*(self._write(name, batch) for name, batch in writes.items() if batch))

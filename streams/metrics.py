@@ -40,6 +40,18 @@ class Metrics:
         self.end_to_end = Histogram(
             "walstream_end_to_end_seconds", "Write to applied", ["namespace"], buckets=_LATENCY_BUCKETS, registry=r
         )
+        #: Seconds a delayed entry was applied after it was due (never negative: it is never applied early).
+        self.delay_lateness = Histogram(
+            "walstream_delay_lateness_seconds",
+            "Delayed entries: applied minus due",
+            ["namespace"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        #: 1 while the flood guard holds the namespace (too many dead letters per minute).
+        self.paused = Gauge(
+            "walstream_namespace_paused", "Namespace held by the DLQ flood guard", ["namespace"], registry=r
+        )
         #: Unix time of the last acknowledged batch (health compares it with waiting input).
         self.last_ack = Gauge(
             "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r

@@ -333,7 +333,7 @@ class RetryEnvelope:
     """An entry parked in a retry tier until ``due_ms``, with the targets that still need it."""
 
     entry: WalEntry
-    attempt: int  # attempts made so far
+    attempt: int  # attempts made so far (0: a delayed entry not tried yet)
     due_ms: int
     pending_targets: tuple[str, ...]
     first_error: str
@@ -344,7 +344,7 @@ class RetryEnvelope:
     def __post_init__(self) -> None:
         if not isinstance(self.entry, WalEntry):
             raise ValueError("RetryEnvelope.entry must be a WalEntry")
-        _require_int("RetryEnvelope", "attempt", self.attempt, low=1, high=_MAX_INT)
+        _require_int("RetryEnvelope", "attempt", self.attempt, low=0, high=_MAX_INT)
         _require_int("RetryEnvelope", "due_ms", self.due_ms)
         pending = _names("RetryEnvelope", "pending_targets", self.pending_targets)
         if not pending:

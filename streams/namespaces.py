@@ -244,6 +244,9 @@ class RetryPolicy(_Model):
     tiers: NameList = DEFAULT_TIERS
     backoff_multiplier: float = Field(default=2.0, ge=1.0)
     max_attempts: int = Field(default=8, ge=1)
+    #: The flood guard: above this many dead letters in a minute the namespace pauses instead of draining its
+    #: log into the DLQ (a bad deploy or a broken mapping fails every entry).
+    dlq_max_per_minute: int = Field(default=600, ge=1)
 
     @_field_validator("tiers")
     @classmethod

@@ -1,9 +1,12 @@
-"""Sends whatever could not be applied to the one place it belongs: a retry tier or the dead-letter topic."""
+"""Sends whatever is not applied now to the one place it belongs: a retry tier or the dead-letter topic."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from connectors.kafka.producer import Delivery
@@ -11,37 +14,142 @@ from streams import topics
 from streams.codec import Codec, DecodeError
 from streams.dispatch import EntryOutcome
 from streams.metrics import Metrics
-from streams.model import DeadLetter, ErrorClass, Origin
+from streams.model import DeadLetter, ErrorClass, Origin, RetryEnvelope, WalEntry
+from streams.retry import Hop, RetrySchedule
+
+log = logging.getLogger(__name__)
 
 
 class Sender(Protocol):
-    def send_nowait(self, topic: str, key: bytes | None, value: bytes | None) -> asyncio.Future[Delivery]: ...
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[Delivery]: ...
+
+
+class FloodGuardTripped(RuntimeError):
+    """More dead letters than the namespace allows per minute: hold the stream instead of draining it."""
+
+
+class FloodGuard:
+    """Counts dead letters over the last minute; `admit(n)` refuses when n more would pass the limit."""
+
+    def __init__(self, namespace: str, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.namespace = namespace
+        self.per_minute = per_minute
+        self._clock = clock
+        self._times: collections.deque[float] = collections.deque()
+
+    def admit(self, count: int) -> None:
+        if count <= 0:
+            return
+        now = self._clock()
+        while self._times and self._times[0] <= now - 60:
+            self._times.popleft()
+        if len(self._times) + count > self.per_minute:
+            raise FloodGuardTripped(
+                f"namespace {self.namespace}: {len(self._times) + count} dead letters within a minute would pass "
+                f"the limit of {self.per_minute} (retry.dlq_max_per_minute); holding the stream"
+            )
+        self._times.extend([now] * count)
 
 
 class Router:
-    """Until retry tiers are wired in, every failure goes to the DLQ with its reason: never dropped, never blocking."""
-
-    def __init__(self, namespace: str, producer: Sender, codec: Codec, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        all_targets: Sequence[str],
+        schedule: RetrySchedule,
+        producer: Sender,
+        codec: Codec,
+        metrics: Metrics,
+        guard: FloodGuard,
+    ) -> None:
         self.namespace = namespace
+        self._all_targets = tuple(all_targets)
+        self._schedule = schedule
         self._producer = producer
         self._codec = codec
         self._metrics = metrics
+        self.guard = guard
         self._dlq = topics.dlq_topic(namespace)
 
-    def failed(self, outcome: EntryOutcome, raw: bytes, origin: Origin, attempts: int = 1) -> asyncio.Future[Delivery]:
-        error_class = ErrorClass.FATAL if outcome.fatal else ErrorClass.EXHAUSTED
-        reasons = "; ".join(f"{t}: {r.error}" for t, r in outcome.failed.items())
-        letter = DeadLetter(
-            raw=raw,
+    def dead_letters_needed(self, outcomes: Sequence[tuple[EntryOutcome, int]]) -> int:
+        """How many of these (outcome, attempt) pairs would go to the DLQ (for the flood guard)."""
+        return sum(1 for outcome, attempt in outcomes if outcome.failed and self._gives_up(outcome, attempt))
+
+    def _gives_up(self, outcome: EntryOutcome, attempt: int) -> bool:
+        return outcome.fatal or self._schedule.after_failure(attempt, 0) is None
+
+    def failed(
+        self,
+        outcome: EntryOutcome,
+        raw: bytes,
+        origin: Origin,
+        attempt: int,
+        first_error: str | None = None,
+    ) -> asyncio.Future[Delivery]:
+        """After the ``attempt``-th failed try: the next retry tier, or the DLQ when fatal or out of attempts."""
+        now_ms = int(time.time() * 1000)
+        hop = None if outcome.fatal else self._schedule.after_failure(attempt, now_ms)
+        reasons = "; ".join(r.error for r in outcome.failed.values()) or "failed"
+        if hop is None:
+            error_class = ErrorClass.FATAL if outcome.fatal else ErrorClass.EXHAUSTED
+            letter = DeadLetter(
+                raw=raw,
+                entry=outcome.entry,
+                reason=reasons if first_error is None else f"{reasons} (first error: {first_error})",
+                error_class=error_class.value,
+                attempts=attempt,
+                pending_targets=outcome.pending_targets,
+                origin=origin,
+                failed_at_ms=now_ms,
+            )
+            return self._dead_letter(outcome.entry.key.encode(), letter)
+        envelope = RetryEnvelope(
             entry=outcome.entry,
-            reason=reasons or "failed",
-            error_class=error_class.value,
-            attempts=attempts,
+            attempt=attempt,
+            due_ms=hop.due_ms,
             pending_targets=outcome.pending_targets,
+            first_error=first_error or reasons,
+            last_error=reasons,
             origin=origin,
-            failed_at_ms=int(time.time() * 1000),
+            tier=hop.tier,
         )
-        return self._dead_letter(outcome.entry.key.encode(), letter)
+        return self._to_tier(outcome.entry, envelope, hop, origin)
+
+    def delayed(self, entry: WalEntry, origin: Origin, hop: Hop, attempt: int = 0) -> asyncio.Future[Delivery]:
+        """A delayed entry waits in ``hop``'s tier; attempt 0 means it was never tried."""
+        envelope = RetryEnvelope(
+            entry=entry,
+            attempt=attempt,
+            due_ms=hop.due_ms,
+            pending_targets=entry.targets or self._all_targets,
+            first_error="",
+            last_error="",
+            origin=origin,
+            tier=hop.tier,
+        )
+        return self._to_tier(entry, envelope, hop, origin, delayed=True)
+
+    def _to_tier(
+        self, entry: WalEntry, envelope: RetryEnvelope, hop: Hop, origin: Origin, delayed: bool = False
+    ) -> asyncio.Future[Delivery]:
+        if not delayed:
+            self._metrics.retries.labels(self.namespace, hop.tier).inc()
+        headers = [("walstream-delayed", b"1")] if delayed else None
+        return self._producer.send_nowait(
+            topics.retry_topic(self.namespace, hop.tier),
+            entry.key.encode(),
+            self._codec.encode_retry_envelope(envelope),
+            headers=headers,
+            # Same partition number as in the log: the key's owner keeps owning it.
+            partition=origin.partition,
+        )
 
     def undecodable(
         self, raw: bytes, key: bytes | None, origin: Origin, error: DecodeError

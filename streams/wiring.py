@@ -16,6 +16,8 @@ from connectors.elasticsearch.sink import ElasticsearchSink
 from connectors.elasticsearch.sink import ElasticsearchTarget as ElasticsearchIndex
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin, TopicSpec
+from connectors.kafka.producer import DurableProducer
+from connectors.kafka.sink import KafkaTopicSink
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
 
 Progress = Callable[[str], None]
@@ -49,14 +51,18 @@ class Connections:
 
     def cassandra(self) -> Session:
         if self.session is None:
-            self.cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port)
+            self.cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port, timeout=5)
             self.session = self.cluster.connect()
         return self.session
 
     def elasticsearch(self) -> AsyncElasticsearch:
         if self.es is None:
             self.es = AsyncElasticsearch(
-                self.endpoints.elasticsearch_url, request_timeout=30, max_retries=0, retry_on_timeout=False
+                # Short: a target that does not answer in time is retried later, not waited for.
+                self.endpoints.elasticsearch_url,
+                request_timeout=5,
+                max_retries=0,
+                retry_on_timeout=False,
             )
         return self.es
 
@@ -69,20 +75,27 @@ class Connections:
             self.cluster = self.session = None
 
 
-def build_sinks(namespace: Namespace, connections: Connections) -> dict[str, Sink]:
-    """One sink per store target of the namespace (Kafka targets are delivered by the delay-queue persona)."""
+def build_sinks(
+    namespace: Namespace, connections: Connections, producer: DurableProducer | None = None
+) -> dict[str, Sink]:
+    """One sink per target of the namespace; Kafka topic targets need ``producer``."""
     sinks: dict[str, Sink] = {}
     for name, target in namespace.targets.items():
         if isinstance(target, CassandraTarget):
             sinks[name] = CassandraSink(connections.cassandra(), cassandra_table(name, target))
         elif isinstance(target, ElasticsearchTarget):
             sinks[name] = ElasticsearchSink(connections.elasticsearch(), elasticsearch_index(name, target))
+        elif producer is not None:
+            sinks[name] = KafkaTopicSink(name, target.topic, producer)
     return sinks
 
 
 def topic_specs(namespace: Namespace) -> list[TopicSpec]:
-    """The namespace's topics. Retry tiers share the log's partition count so a key keeps its partition."""
-    return [TopicSpec(name, namespace.partitions) for name in namespace.topics()]
+    """The namespace's topics (and its Kafka targets'). Retry tiers share the log's partition count so a key
+    keeps its partition number."""
+    specs = [TopicSpec(name, namespace.partitions) for name in namespace.topics()]
+    specs += [TopicSpec(t.topic, namespace.partitions) for t in namespace.targets_of_type("kafka").values()]
+    return specs
 
 
 async def apply_namespaces(

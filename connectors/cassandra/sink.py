@@ -24,7 +24,7 @@ from cassandra.cluster import (
     ResponseFuture,
     Session,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from connectors.base import Op, Outcome, SinkWrite, WriteResult
@@ -79,6 +79,8 @@ def new_cluster(host: str, port: int, timeout: float = 10.0) -> Cluster:
         },
         connect_timeout=timeout,
         control_connection_timeout=timeout,
+        # Back within seconds of an outage, not the driver's default of up to ten minutes.
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
     )
 
 

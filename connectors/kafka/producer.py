@@ -99,6 +99,7 @@ class DurableProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Delivery]:
         """Enqueue and return the future, so many sends can be awaited together."""
         loop = asyncio.get_running_loop()
@@ -107,7 +108,7 @@ class DurableProducer:
         def report(err: KafkaError | None, msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, future, _delivery(err, msg))
 
-        self._produce(topic, key, value, headers, None, report)
+        self._produce(topic, key, value, headers, partition, report)
         return future
 
     def _produce(

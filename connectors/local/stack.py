@@ -18,7 +18,7 @@ from connectors.local import versions
 from connectors.local.artifacts import ArtifactCache
 from connectors.local.errors import DiskFull, StackError
 from connectors.local.java import JavaRuntime, find_java
-from connectors.local.process import alive, check_ports_free, is_ours, log_tail, port_open, spawn, stop
+from connectors.local.process import alive, check_ports_free, is_ours, log_tail, members, port_open, spawn, stop
 from connectors.local.services import HOST, Service, all_services, describe_failure
 from streams.config import LocalStackSettings
 
@@ -165,6 +165,18 @@ class LocalStack:
     def pids(self) -> dict[str, int]:
         state = self._read_state()
         return {name: e["pid"] for name, e in state.items() if name in self.names and is_ours(e["pid"], e["mark"])}
+
+    def signal_service(self, name: str, signum: int) -> list[int]:
+        """Send ``signum`` to every process of one service (its launcher and children), by their pids.
+        SIGSTOP/SIGCONT freeze and thaw a service for outage tests. Returns the pids signalled."""
+        state = self._read_state()
+        entry = state.get(name)
+        if entry is None or not is_ours(entry["pid"], entry["mark"]):
+            raise StackError(f"{name} is not running in this stack")
+        pids = members(entry["pid"], entry["mark"])
+        for pid in pids:
+            os.kill(pid, signum)
+        return pids
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return log_tail(self._service(name).log, lines)

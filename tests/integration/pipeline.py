@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
+from elasticsearch.helpers import scan
 
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
@@ -72,7 +73,8 @@ class ScratchNamespace:
     def drop(self, session: Session, es: Elasticsearch) -> None:
         admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
         internal = [t for t in admin._admin.list_topics(timeout=10).topics if t.startswith(f"walstream.{self.name}-")]
-        admin.delete_topics([*self.namespace.topics(), *internal])
+        outboxes = [t.topic for t in self.namespace.targets_of_type("kafka").values()]
+        admin.delete_topics([*self.namespace.topics(), *internal, *outboxes])
         session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
         es.indices.delete(index=self.index, ignore_unavailable=True)
 
@@ -94,6 +96,8 @@ class WorkerProcess:
     ns: ScratchNamespace
     data_dir: Path
     log: Path
+    metrics_port: int | None = None
+    role: str = "all"
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
@@ -110,7 +114,17 @@ class WorkerProcess:
         self.starts += 1
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--namespaces", self.ns.name],
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "worker",
+                    "--namespaces",
+                    self.ns.name,
+                    "--role",
+                    self.role,
+                    *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
+                ],
                 cwd=REPO,
                 env=env,
                 stdout=out,
@@ -159,11 +173,10 @@ def cassandra_rows(session: Session, keyspace: str) -> dict[str, tuple[Any, ...]
 
 def es_docs(es: Elasticsearch, index: str) -> dict[str, tuple[Any, ...]]:
     es.indices.refresh(index=index)
-    found: dict[str, tuple[Any, ...]] = {}
-    resp = es.search(index=index, query={"match_all": {}}, size=10000, version=True)
-    for hit in resp["hits"]["hits"]:
-        found[hit["_id"]] = (hit["_source"]["color"], hit["_source"]["qty"])
-    return found
+    return {
+        hit["_id"]: (hit["_source"]["color"], hit["_source"]["qty"])
+        for hit in scan(es, index=index, query={"query": {"match_all": {}}}, size=5000)
+    }
 
 
 def expected_rows(model: dict[str, dict[str, Any] | None]) -> dict[str, tuple[Any, ...]]:

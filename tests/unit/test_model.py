@@ -157,8 +157,9 @@ def test_retry_envelope_round_trip_and_invariants() -> None:
     assert RetryEnvelope.from_record(envelope.to_record()) == envelope
     with pytest.raises(ValueError, match="at least one target"):
         RetryEnvelope(entry(), 1, 10, (), "e", "e", ORIGIN, "1s")
+    assert RetryEnvelope(entry(), 0, 10, ("search",), "", "", ORIGIN, "1s").attempt == 0  # delayed, not tried yet
     with pytest.raises(ValueError, match="attempt"):
-        RetryEnvelope(entry(), 0, 10, ("search",), "e", "e", ORIGIN, "1s")
+        RetryEnvelope(entry(), -1, 10, ("search",), "e", "e", ORIGIN, "1s")
 
 
 def test_dead_letter_round_trip_with_and_without_entry() -> None:

@@ -1,0 +1,134 @@
+"""Delayed-queue lateness: entries with delays up to 60 s, delivered to a Kafka topic target; p50/p99 lateness.
+
+Run with the local stack up:  .venv/bin/python bench/delay.py [--entries 400] [--max-delay 60]
+Lateness is the delivery's broker timestamp minus the entry's due time. The target is p99 <= 1 s, and no
+entry may be delivered early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+from confluent_kafka import Consumer
+
+from connectors.kafka.admin import KafkaAdmin
+from connectors.local.stack import LocalStack
+from streams.config import load_settings
+from streams.model import Op
+from streams.namespaces import load_namespace
+from streams.retry import due_ms
+from streams.sdk import SyncWalWriter
+from streams.wiring import apply_namespaces
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=400)
+    parser.add_argument("--max-delay", type=float, default=60.0, help="seconds")
+    args = parser.parse_args()
+
+    settings = load_settings()
+    stack = LocalStack(settings.local)
+    if len(stack.pids()) < 3:
+        print("the local stack is not running: `walstream stack up` first", file=sys.stderr)
+        return 2
+    endpoints = stack.endpoints()
+    name = f"delaybench_{uuid.uuid4().hex[:8]}"
+    outbox = f"{name}.due"
+    workdir = Path(tempfile.mkdtemp(prefix="walstream-delay-"))
+    (workdir / "ns").mkdir()
+    (workdir / "ns" / f"{name}.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "partitions": 3,
+                "persona": "delay-queue",
+                "targets": {"outbox": {"type": "kafka", "topic": outbox}},
+            }
+        )
+    )
+    ns = load_namespace(workdir / "ns" / f"{name}.yaml")
+    asyncio.run(apply_namespaces([ns], endpoints))
+    env = {**os.environ, "WALSTREAM_NAMESPACE_DIR": str(workdir / "ns"), "WALSTREAM_DATA_DIR": str(workdir / "data")}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--namespaces", name],
+        cwd=REPO,
+        env=env,
+        stdout=(workdir / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    consumer = Consumer(
+        {"bootstrap.servers": endpoints.kafka_bootstrap, "group.id": f"{name}-reader", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([outbox])
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {name: ns})
+    try:
+        rnd = random.Random(1)
+        max_ms = int(args.max_delay * 1000)
+        entries = [
+            writer.prepare(name, f"job-{i}", Op.UPSERT, {"n": i}, delay_ms=rnd.randrange(0, max_ms))
+            for i in range(args.entries)
+        ]
+        futures = [writer.submit_entry(e) for e in entries]
+        assert all(f.result(60).ok for f in futures), "writes were not durable"
+        due = {e.key: due_ms(e) or e.lifecycle.original_write_time // 1000 for e in entries}
+        delivered: dict[str, int] = {}
+        deadline = time.monotonic() + args.max_delay + 120
+        while len(delivered) < len(entries) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                delivered.setdefault(msg.key().decode(), msg.timestamp()[1])
+        lateness = [delivered[k] - due[k] for k in delivered]
+        early = [x for x in lateness if x < 0]
+        figures = {
+            "entries": len(entries),
+            "delivered": len(delivered),
+            "max_delay_s": args.max_delay,
+            "lateness_p50_ms": percentile(lateness, 0.5) if lateness else None,
+            "lateness_p99_ms": percentile(lateness, 0.99) if lateness else None,
+            "lateness_max_ms": max(lateness) if lateness else None,
+            "early": len(early),
+        }
+        print(f"delivered {len(delivered)}/{len(entries)} delayed entries (delays 0-{args.max_delay:.0f}s)")
+        print(
+            f"lateness p50 {figures['lateness_p50_ms']} ms, p99 {figures['lateness_p99_ms']} ms, "
+            f"max {figures['lateness_max_ms']} ms; early deliveries: {len(early)}"
+        )
+        print(json.dumps(figures))
+        ok = len(delivered) == len(entries) and not early and (figures["lateness_p99_ms"] or 0) <= 1000
+        return 0 if ok else 1
+    finally:
+        writer.close()
+        consumer.close()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(30)
+        admin = KafkaAdmin(endpoints.kafka_bootstrap)
+        internal = [t for t in admin._admin.list_topics(timeout=10).topics if t.startswith(f"walstream.{name}")]
+        admin.delete_topics([*ns.topics(), outbox, *internal])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

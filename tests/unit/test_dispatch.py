@@ -1,0 +1,130 @@
+"""The fan-out core with in-memory sinks: what is written, skipped, failed and announced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+from connectors.base import Op, Outcome, SinkWrite, WriteResult
+from streams.breaker import Breaker
+from streams.dispatch import Dispatcher, KeyState
+from streams.model import ChangeOp, WalEntry, new_entry
+from streams.routing import FloodGuard, FloodGuardTripped
+
+
+class MemorySink:
+    """Versioned like the real sinks; can be told to fail."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: dict[str, tuple[int, object]] = {}
+        self.writes = 0
+        self.fail: Outcome | None = None
+
+    async def ensure_schema(self) -> None: ...
+
+    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+        out = []
+        for w in writes:
+            self.writes += 1
+            if self.fail is not None:
+                out.append(WriteResult(self.fail, f"{self.name} failed"))
+                continue
+            held = self.rows.get(w.key)
+            if held and held[0] >= w.sequence:
+                out.append(WriteResult(Outcome.STALE))
+                continue
+            self.rows[w.key] = (w.sequence, None if w.op is Op.DELETE else w.document)
+            out.append(WriteResult(Outcome.APPLIED))
+        return out
+
+    async def close(self) -> None: ...
+
+
+def _entry(key: str, seq: int, op: Op = Op.UPSERT, **kw: object) -> WalEntry:
+    payload = b"" if op is Op.DELETE else json.dumps({"v": seq}).encode()
+    return new_entry("ns", key, op, payload, sequence=seq, **kw)  # type: ignore[arg-type]
+
+
+def _dispatch(d: Dispatcher, entries: list[WalEntry], state: dict[str, KeyState] | None = None):  # type: ignore[no-untyped-def]
+    return asyncio.run(d.dispatch(entries, state or {}))
+
+
+def test_applied_everywhere_announces_c_then_u_then_d() -> None:
+    a, b = MemorySink("a"), MemorySink("b")
+    d = Dispatcher({"a": a, "b": b}, lambda raw: json.loads(raw))
+    result = _dispatch(d, [_entry("k", 1), _entry("k", 2), _entry("k", 3, Op.DELETE), _entry("k", 4)])
+    assert [o.change for o in result.outcomes] == [ChangeOp.CREATE, ChangeOp.UPDATE, ChangeOp.DELETE, ChangeOp.CREATE]
+    assert result.state["k"].applied == {"a": 4, "b": 4}
+
+
+def test_a_duplicate_touches_no_sink_and_announces_nothing() -> None:
+    a = MemorySink("a")
+    d = Dispatcher({"a": a}, lambda raw: json.loads(raw))
+    first = _dispatch(d, [_entry("k", 5)])
+    writes = a.writes
+    again = _dispatch(d, [_entry("k", 5), _entry("k", 3)], first.state)
+    assert a.writes == writes
+    assert all(o.duplicate and o.change is None for o in again.outcomes)
+
+
+def test_a_partial_success_is_remembered_per_target() -> None:
+    a, b = MemorySink("a"), MemorySink("b")
+    b.fail = Outcome.RETRYABLE
+    d = Dispatcher({"a": a, "b": b}, lambda raw: json.loads(raw))
+    result = _dispatch(d, [_entry("k", 7)])
+    (outcome,) = result.outcomes
+    assert outcome.applied == ("a",) and outcome.pending_targets == ("b",) and outcome.change is None
+    assert result.state["k"].applied == {"a": 7}
+    b.fail = None
+    writes_a = a.writes
+    retried = _dispatch(d, [_entry("k", 7)], result.state)
+    assert a.writes == writes_a  # only the target that failed is written again
+    assert retried.outcomes[0].applied == ("b",) and retried.outcomes[0].change is ChangeOp.CREATE
+
+
+def test_bad_payload_and_unknown_target_are_fatal() -> None:
+    d = Dispatcher({"a": MemorySink("a")}, lambda raw: json.loads(raw))
+    bad = new_entry("ns", "k", Op.UPSERT, b"not json", sequence=1)
+    result = _dispatch(d, [bad, _entry("k2", 2, targets=("nope",))])
+    assert all(o.fatal for o in result.outcomes)
+    assert "nope" in result.outcomes[1].first_error()
+
+
+def test_a_sink_that_raises_is_retryable_not_fatal() -> None:
+    class Exploding(MemorySink):
+        async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+            raise ConnectionError("boom")
+
+    d = Dispatcher({"a": Exploding("a")}, lambda raw: json.loads(raw))
+    (outcome,) = _dispatch(d, [_entry("k", 1)]).outcomes
+    assert outcome.failed["a"].outcome is Outcome.RETRYABLE
+
+
+def test_breaker_fails_fast_while_open_and_closes_on_success() -> None:
+    now = [0.0]
+    sink = MemorySink("s")
+    breaker = Breaker(sink, open_s=1.0, max_open_s=4.0, clock=lambda: now[0])
+    sink.fail = Outcome.RETRYABLE
+    asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 1, None)]))
+    assert breaker.is_open and sink.writes == 1
+    asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 1, None)]))
+    assert sink.writes == 1  # not called while open
+    now[0] = 1.5
+    sink.fail = None
+    results = asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 2, None)]))
+    assert results[0].outcome is Outcome.APPLIED and not breaker.is_open
+
+
+def test_flood_guard_refuses_past_the_limit_per_minute() -> None:
+    now = [0.0]
+    guard = FloodGuard("ns", per_minute=5, clock=lambda: now[0])
+    guard.admit(4)
+    try:
+        guard.admit(2)
+        raise AssertionError("should have tripped")
+    except FloodGuardTripped as exc:
+        assert "ns" in str(exc) and "5" in str(exc)
+    now[0] = 61
+    guard.admit(5)
