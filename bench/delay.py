@@ -82,6 +82,16 @@ def main() -> int:
     consumer.subscribe([outbox])
     writer = SyncWalWriter(endpoints.kafka_bootstrap, {name: ns})
     try:
+        # Measure the queue, not the worker's start-up: wait until a first entry comes through.
+        assert writer.write(name, "warm-up", Op.UPSERT, {"n": -1}).ok
+        started = time.monotonic()
+        while time.monotonic() - started < 120:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error() and msg.key() == b"warm-up":
+                break
+        else:
+            print("the worker did not start within 120 s; see " + str(workdir / "worker.log"), file=sys.stderr)
+            return 2
         rnd = random.Random(1)
         max_ms = int(args.max_delay * 1000)
         entries = [
@@ -98,6 +108,9 @@ def main() -> int:
             if msg is not None and not msg.error():
                 delivered.setdefault(msg.key().decode(), msg.timestamp()[1])
         lateness = [delivered[k] - due[k] for k in delivered]
+        delays = {e.key: e.lifecycle.delay_ms for e in entries}
+        worst = sorted(delivered, key=lambda k: due[k] - delivered[k])[:5]
+        print("latest: " + ", ".join(f"{k} (delay {delays[k]} ms) {delivered[k] - due[k]} ms late" for k in worst))
         early = [x for x in lateness if x < 0]
         figures = {
             "entries": len(entries),

@@ -98,6 +98,7 @@ class Worker:
                 self.codec,
                 fail_fast,
                 options.batch_size,
+                tier_ms={ns.name: ns.tier_delays_ms() for ns in self.namespaces},
             )
 
     def appliers(self, connections: Connections, breakers: bool = True) -> dict[str, Applier]:

@@ -24,7 +24,8 @@ class RetrySchedule:
 
     Each tier topic stays first-in first-out by due time: an entry enters a tier with due = now + the tier's
     delay, so the head of a partition is always the first entry due and a consumer can hold the partition until
-    then. Only the last hop of a delayed entry, shorter than the smallest tier, is due earlier than that.
+    then. The last stretch of a delayed entry, shorter than the smallest tier, enters the smallest tier due at
+    once, and the consumer waits out the rest in memory; so no tier is ever out of order.
     """
 
     tiers_ms: tuple[int, ...]
@@ -57,7 +58,7 @@ class RetrySchedule:
         fitting = [t for t in self.tiers_ms if t <= remaining]
         if not fitting:
             smallest = self.tiers_ms[0]
-            return Hop(tier_label(smallest), smallest, due_ms)
+            return Hop(tier_label(smallest), smallest, now_ms)
         tier_ms = fitting[-1]
         return Hop(tier_label(tier_ms), tier_ms, now_ms + tier_ms)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -18,6 +20,7 @@ from streams.agents.fanout import Applier, Pending, Record, settle
 from streams.codec import Codec, DecodeError
 from streams.dispatch import KeyState
 from streams.model import Origin
+from streams.retry import due_ms
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "max.poll.interval.ms": 300000,
         "session.timeout.ms": 30000,
+        # A resumed partition is fetched at once: the broker answers without waiting for more data.
+        "fetch.wait.max.ms": 10,
     }
 
 
@@ -55,6 +60,7 @@ class RetryRunner:
         codec: Codec,
         on_fatal: Callable[[BaseException], None],
         batch_size: int = 500,
+        tier_ms: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self._config = consumer_config(bootstrap, group)
         self._topics = {topic: ns for ns, names in tier_topics.items() for topic in names}
@@ -63,6 +69,13 @@ class RetryRunner:
         self._on_fatal = on_fatal
         self._batch = batch_size
         self._held: dict[TP, int] = {}
+        # Delayed entries due within the smallest tier wait here, not in a topic, so they keep the tiers FIFO.
+        self._waiting: list[tuple[int, int, Message, Any]] = []
+        self._inflight: dict[TP, set[int]] = {}  # offsets handed out but not finished (commits stop below them)
+        self._finished: dict[TP, int] = {}  # the highest finished offset per partition
+        self._committed: dict[TP, int] = {}
+        self._smallest_tier_ms = {ns: min(ms) for ns, ms in (tier_ms or {}).items()}
+        self._order = itertools.count()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="walstream-retry", daemon=True)
         self.ready = threading.Event()
@@ -94,8 +107,8 @@ class RetryRunner:
             try:
                 while not self._stop.is_set():
                     self._resume_due(consumer)
-                    messages = consumer.consume(self._batch, timeout=self._wait_s())
-                    ready = self._take_due(consumer, messages)
+                    messages = self._poll(consumer)
+                    ready = self._release_waiting() + self._take_due(consumer, messages)
                     if ready:
                         loop.run_until_complete(self._process(appliers, ready))
                         self._commit(consumer, ready)
@@ -111,14 +124,37 @@ class RetryRunner:
         log.info("retry tiers assigned: %s", [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self._held.pop((p.topic, p.partition), None)
+        revoked = {(p.topic, p.partition) for p in partitions}
+        for tp in revoked:
+            self._held.pop(tp, None)
+            self._inflight.pop(tp, None)
+            self._finished.pop(tp, None)
+            self._committed.pop(tp, None)
+        # Uncommitted, so the new owner reads them again.
+        self._waiting = [w for w in self._waiting if (w[2].topic(), w[2].partition()) not in revoked]
+        heapq.heapify(self._waiting)
 
     def _wait_s(self) -> float:
-        if not self._held:
+        wakeups = list(self._held.values()) + ([self._waiting[0][0]] if self._waiting else [])
+        if not wakeups:
             return 1.0
-        until = min(self._held.values()) - time.time() * 1000
-        return min(max(until / 1000, 0.005), 1.0)
+        until = min(wakeups) - time.time() * 1000
+        return min(max(until / 1000, 0.001), 1.0)
+
+    def _poll(self, consumer: Consumer) -> list[Message]:
+        """Wait for the first record at most until the next wake-up, then take what is already fetched."""
+        first = consumer.poll(self._wait_s())
+        if first is None:
+            return []
+        return [first, *consumer.consume(self._batch - 1, timeout=0)]
+
+    def _release_waiting(self) -> list[tuple[Message, Any]]:
+        now = time.time() * 1000
+        released = []
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, msg, envelope = heapq.heappop(self._waiting)
+            released.append((msg, envelope))
+        return released
 
     def _resume_due(self, consumer: Consumer) -> None:
         now = time.time() * 1000
@@ -152,6 +188,12 @@ class RetryRunner:
                 consumer.seek(partition)
                 self._held[tp] = envelope.due_ms
                 continue
+            self._inflight.setdefault(tp, set()).add(msg.offset() or 0)
+            exact = due_ms(envelope.entry) if envelope.attempt == 0 else 0
+            smallest = self._smallest_tier_ms.get(self._topics[tp[0]], 0)
+            if now < exact < now + smallest:
+                heapq.heappush(self._waiting, (exact, next(self._order), msg, envelope))
+                continue
             ready.append((msg, envelope))
         return ready
 
@@ -184,11 +226,21 @@ class RetryRunner:
         await settle(sends)
 
     def _commit(self, consumer: Consumer, ready: list[tuple[Message, Any]]) -> None:
-        last: dict[TP, int] = {}
+        """Commit per partition up to the first offset not finished yet (a waiting entry holds it back)."""
         for msg, _ in ready:
             tp = (msg.topic() or "", msg.partition() or 0)
-            last[tp] = max(last.get(tp, -1), msg.offset() or 0)
-        consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False)
+            offset = msg.offset() or 0
+            self._inflight.get(tp, set()).discard(offset)
+            self._finished[tp] = max(self._finished.get(tp, -1), offset)
+        offsets = []
+        for tp in {(m.topic() or "", m.partition() or 0) for m, _ in ready}:
+            pending = self._inflight.get(tp)
+            position = min(pending) if pending else self._finished[tp] + 1
+            if position > self._committed.get(tp, -1):
+                offsets.append(TopicPartition(tp[0], tp[1], position))
+                self._committed[tp] = position
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=False)
 
 
 def tier_topics_of(namespaces: Sequence[Any]) -> dict[str, list[str]]:

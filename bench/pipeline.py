@@ -1,0 +1,1090 @@
+"""End-to-end throughput of the fan-out pipeline against raw bounds measured in the same run on the same stack.
+
+    .venv/bin/python bench/pipeline.py [--entries N]
+
+What it measures (DESIGN.md, "How we measure"):
+
+* raw bounds, same payloads and versioning as the sinks use:
+  - confluent-kafka produce (the SDK's producer settings: acks=all, idempotence, lz4) and consume of N WAL
+    records from a scratch topic (median of 3 rounds: one round lasts only tens of milliseconds);
+  - Cassandra: a prepared ``INSERT ... USING TIMESTAMP ?`` through ``execute_concurrent_with_args``;
+  - Elasticsearch: ``_bulk`` (``helpers.bulk``, external versions) in batches of 1000;
+* the pipeline: a fresh namespace (Cassandra + Elasticsearch targets), a ``walstream worker`` subprocess, N
+  unique-key upserts written through the async SDK with many writes in flight. The clock runs from the first
+  write until the N-th change event shows up on ``wal.<ns>.cdc`` (the worker publishes it only once every target
+  holds the entry); afterwards the Cassandra row count and the Elasticsearch document count must both be N.
+
+It prints a table and one JSON line (prefixed ``BENCH_JSON``), and removes everything it created: topics,
+keyspace, indices, the worker's Faust topics and consumer groups, and its temporary folder. The worker is stopped
+by its pid (SIGTERM, then SIGKILL after 20 s), also on error or Ctrl-C.
+
+Exit status: 0 the pipeline reaches the target ratio, 1 it does not, 2 error (the message says what), 3 the
+figures are not valid because a stack service was stopped (SIGSTOP) by someone else while measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+from cassandra import DriverException  # noqa: E402
+from cassandra.cluster import Cluster, NoHostAvailable, Session  # noqa: E402
+from cassandra.concurrent import execute_concurrent_with_args  # noqa: E402
+from cassandra.query import SimpleStatement  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+from elasticsearch import ApiError, Elasticsearch, helpers  # noqa: E402
+from elasticsearch import TransportError as EsTransportError  # noqa: E402
+
+from connectors.cassandra.sink import CassandraSink, new_cluster  # noqa: E402
+from connectors.elasticsearch.sink import ElasticsearchSink  # noqa: E402
+from connectors.endpoints import Endpoints  # noqa: E402
+from connectors.kafka.admin import KafkaAdmin, TopicSpec  # noqa: E402
+from connectors.kafka.producer import Durable, producer_config  # noqa: E402
+from connectors.local.errors import StackError  # noqa: E402
+from streams import topics  # noqa: E402
+from streams.codec import Codec  # noqa: E402
+from streams.config import ConfigError, StackMode, load_settings  # noqa: E402
+from streams.model import Op, new_entry  # noqa: E402
+from streams.namespaces import Namespace, load_namespace  # noqa: E402
+from streams.payload import PayloadCodec  # noqa: E402
+from streams.sdk import WalWriter  # noqa: E402
+from streams.wiring import Connections, apply_namespaces, cassandra_table, elasticsearch_index  # noqa: E402
+
+STATUSES = ("new", "paid", "shipped", "cancelled")
+CASSANDRA_TARGET = "primary"
+ES_TARGET = "search"
+WARMUP_KEYS = 12  # spread over the partitions so every partition is assigned and has run once
+STOP_GRACE_S = 20.0
+
+
+class BenchError(RuntimeError):
+    """Something the operator must fix or look at; the message says what."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- workload ----------------------------------------------------------------------------------------------------------
+
+
+def document(i: int) -> dict[str, Any]:
+    """The payload of entry ``i``; every phase writes exactly these documents."""
+    return {
+        "customer": f"customer-{i % 997:04d}",
+        "status": STATUSES[i % len(STATUSES)],
+        "amount": (i * 37 % 100_000) / 100,
+    }
+
+
+def key_of(i: int) -> str:
+    return f"e-{i:08d}"
+
+
+def namespace_document(name: str, suffix: str, partitions: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "partitions": partitions,
+        "persona": "fanout",
+        "payload": {"format": "json"},
+        "targets": {
+            CASSANDRA_TARGET: {
+                "type": "cassandra",
+                "keyspace": f"bench_{suffix}",
+                "table": "items",
+                "key_column": "id",
+                "columns": {"customer": {"type": "text"}, "status": {"type": "text"}, "amount": {"type": "double"}},
+            },
+            ES_TARGET: {
+                "type": "elasticsearch",
+                "index": f"bench-{suffix}",
+                "fields": {"customer": "keyword", "status": "keyword", "amount": "double"},
+            },
+        },
+    }
+
+
+# -- stack -------------------------------------------------------------------------------------------------------------
+
+
+def resolve_endpoints() -> tuple[Endpoints, dict[str, int]]:
+    """The configured stack's endpoints (and the local stack's pids); never starts anything."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
+    if settings.mode is StackMode.EXTERNAL:
+        ext = settings.external
+        host, _, port = ext.cassandra_contact.rpartition(":")
+        return Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url), {}
+    if settings.mode is not StackMode.LOCAL:
+        raise BenchError(f"WALSTREAM_STACK_MODE={settings.mode.value} is not supported here; use local or external")
+    from connectors.local.stack import SERVICE_NAMES, LocalStack
+
+    stack = LocalStack(settings.local)
+    pids = stack.pids()
+    missing = [name for name in SERVICE_NAMES if name not in pids]
+    if missing:
+        raise BenchError(
+            f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
+        )
+    return stack.endpoints(), pids
+
+
+def probe(endpoints: Endpoints) -> None:
+    """Fail early, naming the service, when one of the three does not answer."""
+    try:
+        AdminClient({"bootstrap.servers": endpoints.kafka_bootstrap}).list_topics(timeout=10)
+    except KafkaException as exc:
+        raise BenchError(f"Kafka at {endpoints.kafka_bootstrap} does not answer: {exc}") from None
+    try:
+        cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
+        cluster.connect().execute("SELECT release_version FROM system.local")
+        cluster.shutdown()
+    except (NoHostAvailable, DriverException, OSError) as exc:
+        where = f"{endpoints.cassandra_host}:{endpoints.cassandra_port}"
+        raise BenchError(f"Cassandra at {where} does not answer: {exc}") from None
+    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=10)
+    try:
+        es.cluster.health(timeout="10s")
+    except (EsTransportError, ApiError, OSError) as exc:
+        raise BenchError(f"Elasticsearch at {endpoints.elasticsearch_url} does not answer: {exc}") from None
+    finally:
+        es.close()
+
+
+# -- CPU accounting (from /proc: no profiler needed) -------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine spent busy (every core), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def with_descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds of named process groups between two snapshots."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+        self.result: dict[str, float] = {}  # name -> average cores busy
+
+    def _read(self) -> dict[str, float]:
+        figures = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        figures["machine"] = machine_busy_seconds()
+        return figures
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        end = self._read()
+        self.result = {name: (end[name] - self._start[name]) / wall for name in end}
+        return self.result
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, D, T for stopped...); '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
+class PeakSampler(threading.Thread):
+    """Samples the workers' CPU once a second; the peak one-second figure shows whether they saturate a core."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(name="bench-cpu-sampler", daemon=True)
+        self.pids = pids
+        self.samples: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        last_t, last_cpu = time.perf_counter(), sum(cpu_seconds(p) for p in self.pids)
+        while not self._halt.wait(1.0):
+            now, cpu = time.perf_counter(), sum(cpu_seconds(p) for p in self.pids)
+            self.samples.append((cpu - last_cpu) / (now - last_t))
+            last_t, last_cpu = now, cpu
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=3)
+
+
+class StackWatch(threading.Thread):
+    """Notes, per phase, how long a stack service was stopped (SIGSTOP, as failure tests on a shared stack do):
+    a figure measured while a service was frozen says nothing about walstream."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, services: dict[str, list[int]]) -> None:
+        super().__init__(name="bench-stack-watch", daemon=True)
+        self.services = services
+        self.phase = "setup"
+        self.frozen: dict[str, dict[str, float]] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.INTERVAL_S):
+            for name, pids in self.services.items():
+                if any(process_state(p) == "T" for p in pids):
+                    per_phase = self.frozen.setdefault(self.phase, {})
+                    per_phase[name] = per_phase.get(name, 0.0) + self.INTERVAL_S
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=3)
+
+
+# -- the CDC counter ---------------------------------------------------------------------------------------------------
+
+
+class CdcCounter(threading.Thread):
+    """Reads ``wal.<ns>.cdc`` from the beginning and notes when each key's change events arrive."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, bench_prefix: bytes) -> None:
+        super().__init__(name="bench-cdc-counter", daemon=True)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-cdc-{secrets.token_hex(4)}",  # assign() below: no group is ever joined
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "fetch.min.bytes": 1,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        self._prefix = bench_prefix
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self.events: dict[bytes, int] = {}  # key -> change events seen
+        self.bench_arrivals: list[float] = []  # perf_counter of each first event of a bench key
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                for msg in self._consumer.consume(num_messages=1000, timeout=0.05):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaException(error)
+                    now = time.perf_counter()
+                    key = msg.key() or b""
+                    with self._lock:
+                        seen = self.events.get(key, 0)
+                        self.events[key] = seen + 1
+                        if seen == 0 and key.startswith(self._prefix):
+                            self.bench_arrivals.append(now)
+        except Exception as exc:  # noqa: BLE001 - reported to the main thread, which stops the run
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._consumer.close()
+
+    def count(self, key: bytes) -> int:
+        with self._lock:
+            return self.events.get(key, 0)
+
+    def bench_seen(self) -> int:
+        with self._lock:
+            return len(self.bench_arrivals)
+
+    def total_events(self) -> int:
+        with self._lock:
+            return sum(self.events.values())
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+
+# -- the worker subprocess ---------------------------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    def __init__(
+        self, namespace: str, namespace_dir: Path, data_dir: Path, log: Path, profile: Path | None = None
+    ) -> None:
+        self.namespace = namespace
+        self.log = log
+        # `python -m streams.cli` is the `walstream` command; run it from this checkout (cwd and PYTHONPATH), so the
+        # worker runs the same code as the bench whichever tree the venv was installed from.
+        argv = [sys.executable, "-m", "streams.cli"]
+        if profile is not None:  # cProfile writes the file when the worker exits on SIGTERM
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "streams.cli"]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "WALSTREAM_NAMESPACE_DIR": str(namespace_dir),
+            "WALSTREAM_DATA_DIR": str(data_dir),
+        }
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "worker", "--namespaces", namespace],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches only the bench, which stops the worker
+            )
+        self.pid = self.proc.pid
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise BenchError(f"the worker (pid {self.pid}) exited with code {code}; its log ends with:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text[-lines:])
+
+    def stop(self) -> str:
+        """SIGTERM, then SIGKILL after the grace period; only this pid is ever signalled."""
+        if self.proc.poll() is not None:
+            return f"already exited ({self.proc.returncode})"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=STOP_GRACE_S)
+            return f"stopped by SIGTERM (exit {code})"
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            return f"ignored SIGTERM for {STOP_GRACE_S:.0f}s and was killed"
+
+
+class WorkerGroup:
+    """The worker processes of one run (one consumer group); they share the namespace's partitions."""
+
+    def __init__(self, members: list[WorkerProcess]) -> None:
+        self.members = members
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    def check_alive(self) -> None:
+        for member in self.members:
+            member.check_alive()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(f"  worker pid {m.pid}:\n{m.tail(lines)}" for m in self.members)
+
+
+def wait_for_group(bootstrap: str, group: str, members: int, workers: WorkerGroup, timeout: float) -> None:
+    """Until the consumer group is stable with every worker in it (a late joiner would rebalance mid-run)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        workers.check_alive()
+        try:
+            description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+            state = f"{description.state}, {len(description.members)} members"
+            if str(description.state).endswith("STABLE") and len(description.members) == members:
+                return
+        except KafkaException as exc:
+            state = str(exc)
+        time.sleep(0.5)
+    raise BenchError(f"consumer group {group} did not settle with {members} workers ({state})")
+
+
+# -- raw bounds --------------------------------------------------------------------------------------------------------
+
+
+def wal_records(ns: Namespace, n: int) -> list[tuple[bytes, bytes]]:
+    """N encoded WAL records, exactly what the SDK writes for these documents."""
+    codec, payloads = Codec(), PayloadCodec(ns.payload)
+    out = []
+    for i in range(n):
+        entry = new_entry(ns.name, key_of(i), Op.UPSERT, payloads.encode(document(i)))
+        out.append((entry.key.encode(), codec.encode_entry(entry)))
+    return out
+
+
+def raw_kafka(
+    bootstrap: str, topic: str, partitions: int, records: Sequence[tuple[bytes, bytes]], rounds: int = 3
+) -> dict[str, float]:
+    """Produce the N records ``rounds`` times, then consume N records ``rounds`` times (each with a fresh consumer);
+    the median round counts: one round of 20000 small records takes only tens of milliseconds."""
+    KafkaAdmin(bootstrap).ensure_topics([TopicSpec(topic, partitions)])
+    producer = Producer(producer_config(bootstrap))
+    producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
+    failures: list[str] = []
+
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    produce_times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, on_delivery=report)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        if producer.flush(60) or failures:
+            raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
+        produce_times.append(time.perf_counter() - started)
+
+    probe_consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{secrets.token_hex(4)}"})
+    try:
+        marks = [probe_consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)]
+    finally:
+        probe_consumer.close()
+    # The same keys land on the same partitions every round, so round r starts at low + r * (per-round count).
+    per_round = [(high - low) // rounds for low, high in marks]
+    consume_times, size, got = [], 0, 0
+    for r in range(rounds):
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-raw-{secrets.token_hex(4)}",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            consumer.list_topics(topic, timeout=10)  # connected before the clock starts
+            got, size = 0, 0
+            deadline = time.monotonic() + 120
+            started = time.perf_counter()
+            consumer.assign([TopicPartition(topic, p, marks[p][0] + r * per_round[p]) for p in range(partitions)])
+            while got < len(records):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"raw consume read only {got} of {len(records)} records from {topic} in 120 s")
+                for msg in consumer.consume(num_messages=1000, timeout=1.0):
+                    if msg.error() is None:
+                        got += 1
+                        size += len(msg.value() or b"")
+            consume_times.append(time.perf_counter() - started)
+        finally:
+            consumer.close()
+    return {
+        "produce_s": statistics.median(produce_times),
+        "consume_s": statistics.median(consume_times),
+        "avg_record_bytes": size / max(got, 1),
+    }
+
+
+def raw_cassandra(session: Session, keyspace: str, table: str, n: int, concurrency: int) -> float:
+    statement = session.prepare(
+        f"INSERT INTO {keyspace}.{table} (id, customer, status, amount) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+    )
+    rows = []
+    for i in range(n):
+        doc = document(i)
+        rows.append((key_of(i), doc["customer"], doc["status"], float(doc["amount"]), time.time_ns() // 1000))
+    started = time.perf_counter()
+    results = execute_concurrent_with_args(
+        session, statement, rows, concurrency=concurrency, raise_on_first_error=False
+    )
+    elapsed = time.perf_counter() - started
+    failed = [result for ok, result in results if not ok]
+    if failed:
+        raise BenchError(f"raw Cassandra: {len(failed)} of {n} inserts failed, first: {failed[0]}")
+    return elapsed
+
+
+def raw_elasticsearch(es: Elasticsearch, index: str, n: int, batch: int) -> float:
+    actions = []
+    for i in range(n):
+        doc = document(i)
+        actions.append(
+            {
+                "_op_type": "index",
+                "_index": index,
+                "_id": key_of(i),
+                "version": time.time_ns() // 1000,
+                "version_type": "external",
+                "_source": doc,
+            }
+        )
+    started = time.perf_counter()
+    ok, errors = helpers.bulk(es, actions, chunk_size=batch, max_chunk_bytes=100 << 20, raise_on_error=False)
+    elapsed = time.perf_counter() - started
+    if errors or ok != n:
+        first = errors[:1] if isinstance(errors, list) else errors
+        raise BenchError(f"raw Elasticsearch _bulk: {ok} of {n} indexed, first error: {first}")
+    return elapsed
+
+
+def cassandra_count(session: Session, keyspace: str, table: str) -> int:
+    row = session.execute(SimpleStatement(f"SELECT COUNT(*) FROM {keyspace}.{table}"), timeout=120).one()
+    return int(row[0])
+
+
+def es_count(es: Elasticsearch, index: str) -> int:
+    es.indices.refresh(index=index)
+    return int(es.count(index=index)["count"])
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------------------
+
+
+async def wait_until(
+    what: str, done: Callable[[], bool], worker: WorkerGroup, counter: CdcCounter, timeout: float, stall: float = 0.0
+) -> None:
+    """Poll ``done`` every 20 ms; fail when the worker dies, the counter fails, or nothing moves for ``stall`` s."""
+    deadline = time.monotonic() + timeout
+    last_total, last_move = counter.total_events(), time.monotonic()
+    while not done():
+        worker.check_alive()
+        if counter.error:
+            raise BenchError(f"reading the CDC topic failed: {counter.error}")
+        now = time.monotonic()
+        total = counter.total_events()
+        if total != last_total:
+            last_total, last_move = total, now
+        if now > deadline or (stall and now - last_move > stall):
+            why = f"no change event for {now - last_move:.0f} s" if now <= deadline else f"{timeout:.0f} s passed"
+            raise BenchError(
+                f"{what}: gave up ({why}); {counter.bench_seen()} bench change events seen. "
+                f"The worker log ends with:\n{worker.tail()}"
+            )
+        await asyncio.sleep(0.02)
+
+
+async def produce_all(writer: WalWriter, namespace: str, n: int, in_flight: int) -> tuple[float, float, list[str]]:
+    """Write N upserts with up to ``in_flight`` outstanding; returns (first write, last ack, failures)."""
+    limit = asyncio.Semaphore(in_flight)
+    failures: list[str] = []
+    last_ack = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal last_ack
+        try:
+            result = await writer.write(namespace, key_of(i), Op.UPSERT, document(i))
+            if result.durable is not Durable.TRUE:
+                failures.append(f"{key_of(i)}: {result.durable.value} {result.message}")
+            last_ack = time.perf_counter()
+        finally:
+            limit.release()
+
+    tasks = set()
+    started = time.perf_counter()
+    for i in range(n):
+        await limit.acquire()
+        task = asyncio.create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    while tasks:
+        await asyncio.gather(*list(tasks))
+    return started, last_ack, failures
+
+
+async def run_pipeline(
+    ns: Namespace,
+    endpoints: Endpoints,
+    worker: WorkerGroup,
+    counter: CdcCounter,
+    args: argparse.Namespace,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    writer = WalWriter(endpoints.kafka_bootstrap, {ns.name: ns})
+    sampler = PeakSampler(worker.pids)
+    try:
+        # Warm-up: upserts on several partitions, then deletes, so the rows are gone before the timed run.
+        say("  waiting for the worker to consume (warm-up entries) ...")
+        warm = [f"warmup-{i:02d}" for i in range(WARMUP_KEYS)]
+        started = time.perf_counter()
+        for op, round_ in ((Op.UPSERT, 1), (Op.DELETE, 2)):
+            payload = {"customer": "warmup", "status": "new", "amount": 0.0} if op is Op.UPSERT else None
+            results = await asyncio.gather(*(writer.write(ns.name, k, op, payload) for k in warm))
+            bad = [r for r in results if not r.ok]
+            if bad:
+                raise BenchError(f"warm-up write not durable: {bad[0].durable.value} {bad[0].message}")
+
+            def warmed(r: int = round_) -> bool:
+                return all(counter.count(k.encode()) >= r for k in warm)
+
+            await wait_until(
+                "warm-up",
+                warmed,
+                worker,
+                counter,
+                timeout=args.startup_timeout,
+            )
+        say(f"  worker consuming after {time.perf_counter() - started:.1f} s of warm-up")
+
+        sampler.start()
+        meter.start()
+        produce = asyncio.create_task(produce_all(writer, ns.name, args.entries, args.in_flight))
+        first_write, last_ack, failures = await produce
+        if failures:
+            raise BenchError(f"{len(failures)} of {args.entries} SDK writes were not durable, first: {failures[0]}")
+        say(f"  {args.entries} entries durable in {last_ack - first_write:.2f} s; waiting for the sinks ...")
+        await wait_until(
+            "pipeline",
+            lambda: counter.bench_seen() >= args.entries,
+            worker,
+            counter,
+            timeout=args.timeout,
+            stall=args.stall_timeout,
+        )
+        cpu = meter.stop()
+        arrivals = list(counter.bench_arrivals)
+        end = arrivals[args.entries - 1]
+        n = args.entries
+        lo, hi = arrivals[n // 10], arrivals[(9 * n) // 10]
+        return {
+            "produce_s": last_ack - first_write,
+            "pipeline_s": end - first_write,
+            "first_applied_s": arrivals[0] - first_write,
+            "drain_after_last_ack_s": end - last_ack,
+            "steady_rate": (hi - lo) and (((9 * n) // 10 - n // 10) / (hi - lo)),
+            "cpu_cores": cpu,
+            "worker_peak_cpu": max(sampler.samples, default=0.0),
+        }
+    finally:
+        if sampler.is_alive():
+            sampler.stop()
+        pending = writer.close(10)
+        if pending:
+            say(f"  warning: {pending} SDK writes still pending at close")
+
+
+def end_offsets(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-offsets-{secrets.token_hex(4)}"})
+    try:
+        totals = {}
+        meta = consumer.list_topics(timeout=10).topics
+        for name in names:
+            if name not in meta:
+                continue
+            totals[name] = sum(
+                consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in meta[name].partitions
+            )
+        return totals
+    finally:
+        consumer.close()
+
+
+# -- cleanup -----------------------------------------------------------------------------------------------------------
+
+
+class Cleanup:
+    """Undo steps, run last-in first-out; each failure is reported and the rest still run."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], Any]]] = []
+
+    def push(self, what: str, step: Callable[[], Any]) -> None:
+        self._steps.append((what, step))
+
+    def run(self) -> list[str]:
+        problems = []
+        while self._steps:
+            what, step = self._steps.pop()
+            try:
+                note = step()
+                if isinstance(note, str) and note and not what.startswith("copy"):
+                    say(f"  {what}: {note}")
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on and reports what it could not undo
+                problems.append(f"{what}: {type(exc).__name__}: {exc}")
+                say(f"  could not {what}: {type(exc).__name__}: {exc}")
+        return problems
+
+
+def delete_kafka_leftovers(bootstrap: str, token: str) -> str:
+    """Every topic and consumer group whose name holds this run's random token: the worker's Faust topics
+    (walstream.<ns>-*), its consumer groups (walstream.<ns>, and any the worker adds), the scratch topic."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    groups = sorted(
+        g.group_id for g in admin.list_consumer_groups(request_timeout=10).result().valid if token in g.group_id
+    )
+    found = list(groups)
+    for attempt in range(15):
+        pending = []
+        for group, future in admin.delete_consumer_groups(groups, request_timeout=10).items() if groups else []:
+            try:
+                future.result(timeout=15)
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if code == KafkaError.NON_EMPTY_GROUP and attempt < 14:
+                    pending.append(group)  # the stopped worker's membership has not expired yet
+                elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                    raise
+        if not pending:
+            break
+        groups = pending
+        time.sleep(1.0)
+    names = sorted(t for t in admin.list_topics(timeout=10).topics if token in t)
+    KafkaAdmin(bootstrap).delete_topics(names)
+    return f"deleted groups {', '.join(found) or 'none'}; topics {', '.join(names) or 'none'}"
+
+
+# -- main --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the bench unwinds like Ctrl-C, so the finally blocks clean up."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    endpoints, stack_pids = resolve_endpoints()
+    say(f"stack: {', '.join(f'{k} {v}' for k, v in endpoints.describe().items())}")
+    probe(endpoints)
+    services = {service: with_descendants(pid) for service, pid in stack_pids.items()}
+    watch = StackWatch(services)
+    watch.start()
+
+    suffix = secrets.token_hex(4)
+    name = f"bench_{suffix}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"walstream-{name}-"))
+    cleanup = Cleanup()
+    cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    ns_dir = tmp / "namespaces"
+    ns_dir.mkdir()
+    ns_file = ns_dir / f"{name}.yaml"
+    ns_file.write_text(yaml.safe_dump(namespace_document(name, suffix, args.partitions), sort_keys=False))
+    ns = load_namespace(ns_file)
+    ctarget = cassandra_table(CASSANDRA_TARGET, ns.targets[CASSANDRA_TARGET])  # type: ignore[arg-type]
+    etarget = elasticsearch_index(ES_TARGET, ns.targets[ES_TARGET])  # type: ignore[arg-type]
+    raw_table = dataclasses.replace(ctarget, table="raw_items")
+    raw_index = dataclasses.replace(etarget, index=f"{etarget.index}-raw")
+    raw_topic = f"bench.{suffix}.raw"
+    bootstrap = endpoints.kafka_bootstrap
+    admin = KafkaAdmin(bootstrap)
+    n = args.entries
+    figures: dict[str, Any] = {"entries": n, "partitions": args.partitions, "workers": args.workers, "namespace": name}
+
+    cluster: Cluster | None = None
+    es: Elasticsearch | None = None
+    counter: CdcCounter | None = None
+    failure: BaseException | None = None
+    try:
+        # Everything created from here on is undone by `cleanup` (last in, first out), also after a failure halfway.
+        cleanup.push("delete the namespace's topics", lambda: admin.delete_topics(ns.topics()))
+        cleanup.push(f"delete topic {raw_topic}", lambda: admin.delete_topics([raw_topic]))
+        cleanup.push(
+            f"delete Kafka topics and groups named *{suffix}*", lambda: delete_kafka_leftovers(bootstrap, suffix)
+        )
+        cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port, timeout=30)
+        session = cluster.connect()
+        cleanup.push(
+            f"drop keyspace {ctarget.keyspace}",
+            lambda: session.execute(f"DROP KEYSPACE IF EXISTS {ctarget.keyspace}", timeout=120),
+        )
+        es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=120)
+        cleanup.push(
+            f"delete indices {etarget.index}, {raw_index.index}",
+            lambda: es.indices.delete(index=f"{etarget.index},{raw_index.index}", ignore_unavailable=True),
+        )
+
+        say(f"namespace {name}: creating topics ({args.partitions} partitions), keyspace and indices")
+
+        async def create() -> None:
+            await apply_namespaces([ns], endpoints)
+            connections = Connections(endpoints)
+            try:
+                await CassandraSink(connections.cassandra(), raw_table).ensure_schema()
+                await ElasticsearchSink(connections.elasticsearch(), raw_index).ensure_schema()
+            finally:
+                await connections.close()
+
+        asyncio.run(create())
+
+        # -- raw bounds ------------------------------------------------------------------------------------------
+        say(f"raw bounds, {n} records each")
+        records = wal_records(ns, n)
+        watch.phase = "raw kafka"
+        kafka = raw_kafka(bootstrap, raw_topic, args.partitions, records)
+        del records
+        figures["raw_kafka_produce_rate"] = rate(n, kafka["produce_s"])
+        figures["raw_kafka_consume_rate"] = rate(n, kafka["consume_s"])
+        figures["avg_wal_record_bytes"] = round(kafka["avg_record_bytes"], 1)
+        say(
+            f"  kafka: produce {figures['raw_kafka_produce_rate']:,.0f}/s, "
+            f"consume {figures['raw_kafka_consume_rate']:,.0f}/s"
+        )
+        watch.phase = "raw cassandra"
+        cass_s = raw_cassandra(session, raw_table.keyspace, raw_table.table, n, args.cassandra_concurrency)
+        figures["raw_cassandra_rate"] = rate(n, cass_s)
+        say(f"  cassandra: {figures['raw_cassandra_rate']:,.0f}/s")
+        watch.phase = "raw elasticsearch"
+        es_s = raw_elasticsearch(es, raw_index.index, n, args.es_batch)
+        figures["raw_elasticsearch_rate"] = rate(n, es_s)
+        say(f"  elasticsearch: {figures['raw_elasticsearch_rate']:,.0f}/s")
+        raw_rows, raw_docs = (
+            cassandra_count(session, raw_table.keyspace, raw_table.table),
+            es_count(es, raw_index.index),
+        )
+        if raw_rows != n or raw_docs != n:
+            raise BenchError(f"raw bounds wrote {raw_rows} Cassandra rows and {raw_docs} documents, expected {n}")
+
+        # -- pipeline --------------------------------------------------------------------------------------------
+        say("pipeline: starting `walstream worker`")
+        counter = CdcCounter(bootstrap, topics.cdc_topic(name), args.partitions, b"e-")
+        counter.start()
+        cleanup.push("stop the CDC reader", counter.stop)
+        profile = Path(args.profile_worker).resolve() if args.profile_worker else None
+        members = []
+        for index in range(args.workers):
+            log = tmp / f"worker-{index + 1}.log"
+            member = WorkerProcess(name, ns_dir, tmp / f"data-{index + 1}", log, profile if index == 0 else None)
+            members.append(member)
+            say(f"  worker pid {member.pid}, log {member.log}")
+            if profile is not None and index == 0:
+                cleanup.push("summarise the worker profile", lambda: print_profile(profile))
+            if args.keep_worker_log:
+                keep = Path(args.keep_worker_log).resolve()
+                keep = keep if args.workers == 1 else keep.with_name(f"{keep.name}.{index + 1}")
+                cleanup.push(f"copy the worker log to {keep}", functools.partial(shutil.copyfile, log, keep))
+            cleanup.push(f"stop the worker (pid {member.pid})", member.stop)
+        worker = WorkerGroup(members)
+        if args.workers > 1:
+            say(f"  waiting for the {args.workers} workers to share the partitions")
+            wait_for_group(bootstrap, f"walstream.{name}", args.workers, worker, args.startup_timeout)
+
+        meter = CpuMeter({"worker": worker.pids, "bench": [os.getpid()], **services})
+        watch.phase = "pipeline"
+        pipe = asyncio.run(run_pipeline(ns, endpoints, worker, counter, args, meter))
+        watch.phase = "verification"
+        figures["sdk_produce_rate"] = rate(n, pipe["produce_s"])
+        figures["pipeline_rate"] = rate(n, pipe["pipeline_s"])
+        figures["pipeline_seconds"] = round(pipe["pipeline_s"], 3)
+        figures["pipeline_steady_rate"] = pipe["steady_rate"]
+        figures["first_applied_s"] = round(pipe["first_applied_s"], 3)
+        figures["drain_after_last_ack_s"] = round(pipe["drain_after_last_ack_s"], 3)
+        figures["cpu_cores_during_pipeline"] = {k: round(v, 2) for k, v in pipe["cpu_cores"].items()}
+        figures["worker_peak_cpu_1s"] = round(pipe["worker_peak_cpu"], 2)
+
+        rows, docs = cassandra_count(session, ctarget.keyspace, ctarget.table), es_count(es, etarget.index)
+        figures["cassandra_rows"], figures["elasticsearch_docs"] = rows, docs
+        internal = f"walstream.{name}"
+        existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        offsets = end_offsets(bootstrap, sorted({*ns.topics(), *(t for t in existing if t.startswith(internal))}))
+        figures["dlq_records"] = offsets.get(topics.dlq_topic(name), 0)
+        # Entries parked in a retry tier had a failed (retryable) write: a sign of trouble even when all converge.
+        figures["retry_tier_records"] = {k: v for k, v in offsets.items() if k.startswith(f"wal.{name}.retry.")}
+        figures["worker_internal_topic_records"] = {k: v for k, v in offsets.items() if k.startswith(internal)}
+        figures["verified"] = rows == n and docs == n and figures["dlq_records"] == 0
+        if not figures["verified"]:
+            raise BenchError(
+                f"verification failed: {rows} Cassandra rows, {docs} Elasticsearch documents, "
+                f"{figures['dlq_records']} dead letters; expected {n}, {n}, 0"
+            )
+        slowest = min(figures["raw_cassandra_rate"], figures["raw_elasticsearch_rate"])
+        figures["slowest_raw_sink"] = "cassandra" if slowest == figures["raw_cassandra_rate"] else "elasticsearch"
+        figures["ratio_vs_slowest_raw_sink"] = figures["pipeline_rate"] / slowest
+        figures["ratio_vs_raw_kafka_consume"] = figures["pipeline_rate"] / figures["raw_kafka_consume_rate"]
+        figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
+        figures["target_ratio"] = args.target
+        figures["frozen_service_seconds"] = {
+            phase: per
+            for phase, per in watch.frozen.items()
+            if phase in ("raw kafka", "raw cassandra", "raw elasticsearch", "pipeline")
+        }
+        # A figure taken while a service was frozen by somebody else says nothing about walstream.
+        figures["valid"] = not figures["frozen_service_seconds"]
+        figures["meets_target"] = figures["valid"] and figures["ratio_vs_slowest_raw_sink"] >= args.target
+        return figures
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        say("cleaning up" + (" after an error" if failure is not None else ""))
+        watch.stop()
+        problems = cleanup.run()
+        if es is not None:
+            es.close()
+        if cluster is not None:
+            cluster.shutdown()
+        if problems and failure is None:
+            raise BenchError("cleanup left things behind:\n  " + "\n  ".join(problems))
+
+
+def print_profile(path: Path, top: int = 30) -> str:
+    """The worker's hottest functions (main thread only: driver and producer threads are not profiled)."""
+    import pstats
+
+    if not path.exists():
+        return f"no profile at {path} (the worker did not exit cleanly)"
+    stats = pstats.Stats(str(path), stream=sys.stderr)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return f"profile written to {path}"
+
+
+def print_report(f: dict[str, Any]) -> None:
+    n = f["entries"]
+    rows = [
+        ("raw Kafka produce (confluent-kafka, acks=all)", f["raw_kafka_produce_rate"]),
+        ("raw Kafka consume (confluent-kafka)", f["raw_kafka_consume_rate"]),
+        ("raw Cassandra (prepared, execute_concurrent)", f["raw_cassandra_rate"]),
+        ("raw Elasticsearch (_bulk)", f["raw_elasticsearch_rate"]),
+        ("SDK produce (durable acks)", f["sdk_produce_rate"]),
+        ("pipeline end to end (both sinks + CDC)", f["pipeline_rate"]),
+    ]
+    print()
+    print(
+        f"walstream pipeline benchmark: {n} unique-key upserts, {f['partitions']} partitions, "
+        f"{f['workers']} worker process{'es' if f['workers'] > 1 else ''}, "
+        f"~{f['avg_wal_record_bytes']:.0f} B per WAL record"
+    )
+    print(f"{'measure':<48} {'entries/s':>12} {'seconds':>9}")
+    print("-" * 71)
+    for label, value in rows:
+        print(f"{label:<48} {value:>12,.0f} {n / value:>9.2f}")
+    print("-" * 71)
+    print(f"pipeline steady state (10%..90% of CDC events):  {f['pipeline_steady_rate']:>10,.0f}/s")
+    print(
+        f"first entry applied after {f['first_applied_s']:.2f} s; sinks finished "
+        f"{f['drain_after_last_ack_s']:.2f} s after the last durable ack"
+    )
+    verdict = "meets" if f["meets_target"] else ("BELOW" if f["valid"] else "NOT VALID: see the warning below")
+    print(
+        f"pipeline / slowest raw sink ({f['slowest_raw_sink']}): {f['ratio_vs_slowest_raw_sink']:.3f}  "
+        f"({verdict} the target of {f['target_ratio']})"
+    )
+    print(f"pipeline / raw Kafka consume:                 {f['ratio_vs_raw_kafka_consume']:.3f}")
+    print(f"SDK produce / raw Kafka produce:              {f['ratio_sdk_vs_raw_kafka_produce']:.3f}")
+    cores = dict(f["cpu_cores_during_pipeline"])
+    machine = cores.pop("machine", 0.0)
+    named = ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+    print(
+        f"CPU cores busy during the pipeline run: {named}; whole machine {machine:.2f} of {os.cpu_count()} "
+        f"(others {max(machine - sum(cores.values()), 0.0):.2f}); "
+        f"worker peak over 1 s: {f['worker_peak_cpu_1s']:.2f}"
+    )
+    print(
+        f"verified: {f['cassandra_rows']} Cassandra rows, {f['elasticsearch_docs']} Elasticsearch documents, "
+        f"{f['dlq_records']} dead letters"
+    )
+    if f["frozen_service_seconds"]:
+        frozen = "; ".join(
+            f"{phase}: " + ", ".join(f"{svc} ~{secs:.1f} s" for svc, secs in per.items())
+            for phase, per in f["frozen_service_seconds"].items()
+        )
+        print(f"WARNING: stack services were stopped (SIGSTOP, by someone else) while measuring: {frozen}.")
+        print("         Those figures are not valid; run the bench again when the shared stack is quiet.")
+    retried = ", ".join(f"{k} {v}" for k, v in f["retry_tier_records"].items() if v) or "none"
+    print(f"records parked in retry tiers: {retried}")
+    internal = ", ".join(f"{k} {v}" for k, v in f["worker_internal_topic_records"].items()) or "none"
+    print(f"worker internal topics (records): {internal}")
+    print()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=20_000, help="entries per phase (default 20000)")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of the namespace (default 6)")
+    parser.add_argument("--in-flight", type=int, default=10_000, help="SDK writes in flight at once (default 10000)")
+    parser.add_argument("--cassandra-concurrency", type=int, default=100, help="raw Cassandra concurrency")
+    parser.add_argument("--es-batch", type=int, default=1000, help="raw Elasticsearch documents per _bulk")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds the pipeline may take in all")
+    parser.add_argument("--stall-timeout", type=float, default=60.0, help="give up after this long without progress")
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds for the worker to start")
+    parser.add_argument(
+        "--profile-worker",
+        metavar="FILE",
+        help="run the worker under cProfile and write the profile here (slows the worker: figures are not comparable)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the partitions (default 1)")
+    parser.add_argument("--keep-worker-log", metavar="FILE", help="copy the worker's log here before cleaning up")
+    parser.add_argument("--target", type=float, default=0.5, help="the pipeline / slowest raw sink ratio to meet")
+    args = parser.parse_args(argv)
+    if args.entries < 10:
+        parser.error("--entries must be at least 10")
+    if not 1 <= args.workers <= args.partitions:
+        parser.error("--workers must be between 1 and --partitions")
+    try:
+        with terminate_as_interrupt():
+            figures = run(args)
+    except (BenchError, StackError) as exc:
+        say(f"bench: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        say("bench: interrupted (cleaned up)")
+        return 130
+    print_report(figures)
+    print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
+    if not figures["valid"]:
+        return 3
+    return 0 if figures["meets_target"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
