@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import os
 import signal
 import sys
@@ -27,6 +28,8 @@ from streams.breaker import Breaker
 from streams.codec import Codec
 from streams.dispatch import Dispatcher
 from streams.health import HealthServer
+from streams.liveness import Liveness
+from streams.logs import logging_config
 from streams.metrics import Metrics
 from streams.model import Origin
 from streams.namespaces import Namespace
@@ -57,11 +60,12 @@ class WorkerOptions:
     batch_within_s: float = 0.05
     flood_hold_s: float = 30.0
     metrics_port: int | None = None  # /metrics, /healthz and /readyz; None: not served
+    stall_s: float = 120.0  # unhealthy when input waits and nothing was committed for this long
+    crash_grace_s: float = 15.0  # after an agent crash, report unhealthy this long, then exit
+    json_logs: bool = True
 
 
-def fail_fast(exc: BaseException) -> None:
-    """An agent that cannot make its outcome durable must not look alive: log, then exit without acking."""
-    log.critical("stopping the worker: %s: %s", type(exc).__name__, exc, exc_info=exc)
+def exit_now() -> None:
     sys.stderr.flush()
     os._exit(EXIT_NOT_DURABLE)
 
@@ -85,6 +89,15 @@ class Worker:
         self.codec = Codec()
         self.producer = DurableProducer(endpoints.kafka_bootstrap)
         self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute) for ns in self.namespaces}
+        self.liveness = Liveness(
+            endpoints.kafka_bootstrap,
+            f"walstream.{options.group}",
+            [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces] if options.role is not Role.RETRY else [],
+            metrics,
+            stall_s=options.stall_s,
+            paused=self.paused,
+        )
+        self._crashed = threading.Event()
         self.app: faust.App | None = None
         self.retry: RetryRunner | None = None
         if options.role in (Role.ALL, Role.FANOUT):
@@ -96,7 +109,7 @@ class Worker:
                 tier_topics_of(self.namespaces),
                 self._retry_appliers,
                 self.codec,
-                fail_fast,
+                self.fail_fast,
                 options.batch_size,
                 tier_ms={ns.name: ns.tier_delays_ms() for ns in self.namespaces},
             )
@@ -184,7 +197,7 @@ class Worker:
                     await manual.ack(event)
                 metrics.last_ack.labels(ns.name).set_to_current_time()
 
-            batcher = Batcher(process, ack, options.batch_size, options.batch_within_s, fail_fast)
+            batcher = Batcher(process, ack, options.batch_size, options.batch_within_s, self.fail_fast)
             try:
                 async for event in manual.events():
                     await batcher.add(event)
@@ -192,7 +205,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise  # a rebalance or shutdown: unacknowledged records are simply read again
             except Exception as exc:  # noqa: BLE001 - a crashed agent must not leave a worker that looks alive
-                fail_fast(exc)
+                self.fail_fast(exc, f"fan-out agent of {ns.name}")
 
         app.agent(topic, name=f"walstream.fanout.{ns.name}")(fanout)
 
@@ -201,29 +214,66 @@ class Worker:
         for ns in self.namespaces:
             admin.ensure_topics(topic_specs(ns))
 
+    def fail_fast(self, exc: BaseException, where: str = "an agent") -> None:
+        """A crashed agent never acks again and must not look alive: report unhealthy at once, exit after a
+        grace period (long enough for a probe or a person to see why), without acknowledging anything."""
+        if self._crashed.is_set():
+            return
+        self._crashed.set()
+        self.liveness.crashed(where, exc)
+        log.critical(
+            "%s crashed: %s: %s; exiting in %.0fs",
+            where,
+            type(exc).__name__,
+            exc,
+            self.options.crash_grace_s,
+            exc_info=exc,
+        )
+        threading.Timer(self.options.crash_grace_s, exit_now).start()
+
     def health(self) -> tuple[bool, dict[str, object]]:
+        ok, details = self.liveness.status()
         retry_ok = self.retry is None or self.retry.alive
-        return retry_ok, {"role": self.options.role.value, "retry_thread": retry_ok}
+        return ok and retry_ok, {"role": self.options.role.value, "retry_thread": retry_ok, **details}
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        ok, details = self.health()
+        paused = [ns.name for ns in self.namespaces if self.paused(ns.name)]
+        return ok and not paused, {**details, "paused_by_flood_guard": paused}
+
+    def paused(self, namespace: str) -> bool:
+        """True while the DLQ flood guard holds the namespace."""
+        value = self.metrics.registry.get_sample_value("walstream_namespace_paused", {"namespace": namespace})
+        return bool(value)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
+        logging.config.dictConfig(logging_config("INFO", self.options.json_logs))
         self.ensure_topics()
         server = None
         if self.options.metrics_port is not None:
-            server = HealthServer(self.metrics, self.health, self.health, self.options.metrics_port).start()
+            server = HealthServer(self.metrics, self.health, self.readiness, self.options.metrics_port).start()
             log.info("metrics and health on port %d", server.port)
         if self.retry is not None:
             self.retry.start()
+        self.liveness.start()
         try:
             if self.app is None:
                 return _wait_for_signal()
-            worker = faust.Worker(self.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+            worker = faust.Worker(
+                self.app,
+                loglevel="INFO",
+                quiet=True,
+                redirect_stdouts=False,
+                logging_config=logging_config("INFO", self.options.json_logs),
+            )
             try:
                 worker.execute_from_commandline()
             except SystemExit as exc:
                 return int(exc.code or 0)
             return 0
         finally:
+            self.liveness.stop()
             if self.retry is not None:
                 self.retry.stop()
             self.producer.close()

@@ -147,6 +147,9 @@ def _worker(args: argparse.Namespace) -> int:
         replication_factor=settings.runtime.replication_factor,
         batch_size=args.batch_size,
         metrics_port=args.metrics_port,
+        stall_s=args.stall_seconds,
+        crash_grace_s=args.crash_grace,
+        json_logs=args.log_format == "json",
     )
     worker = Worker(_endpoints(settings), [namespaces[n] for n in chosen], options, Metrics())
     return worker.run()
@@ -306,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--retry", action="store_true", help="the same as --role retry")
     worker.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
+    worker.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=120.0,
+        help="unhealthy when records wait and nothing was committed for this long (default 120)",
+    )
+    worker.add_argument(
+        "--crash-grace",
+        type=float,
+        default=15.0,
+        help="after an agent crash, report unhealthy this long, then exit (default 15)",
+    )
+    worker.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines (default json)")
     worker.set_defaults(handler=_worker)
 
     produce = sub.add_parser("produce", help="write JSON lines ({key, op, payload, ...}) to a namespace")

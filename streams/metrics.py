@@ -52,6 +52,8 @@ class Metrics:
         self.paused = Gauge(
             "walstream_namespace_paused", "Namespace held by the DLQ flood guard", ["namespace"], registry=r
         )
+        #: Records waiting in each namespace's log for this worker group (end offsets minus committed offsets).
+        self.consumer_lag = Gauge("walstream_consumer_lag", "Records waiting in the log", ["namespace"], registry=r)
         #: Unix time of the last acknowledged batch (health compares it with waiting input).
         self.last_ack = Gauge(
             "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r

@@ -56,6 +56,8 @@ def producer_config(bootstrap: str, overrides: Mapping[str, Any] | None = None) 
         "batch.num.messages": 10000,
         "compression.type": "lz4",
         "delivery.timeout.ms": 30000,
+        # Topics are created by `namespaces apply`; a missing one is an error within seconds, not half a minute.
+        "topic.metadata.propagation.max.ms": 5000,
         "queue.buffering.max.messages": 200000,
         "queue.buffering.max.kbytes": 262144,
     }

@@ -98,6 +98,7 @@ class WorkerProcess:
     log: Path
     metrics_port: int | None = None
     role: str = "all"
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
@@ -124,6 +125,7 @@ class WorkerProcess:
                     "--role",
                     self.role,
                     *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
+                    *self.extra_args,
                 ],
                 cwd=REPO,
                 env=env,

@@ -1,0 +1,134 @@
+"""A running worker's metrics move, its logs are JSON, and a crashed agent turns its health red."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cassandra.cluster import Session
+from elasticsearch import Elasticsearch
+
+from connectors.cassandra.sink import new_cluster
+from connectors.endpoints import Endpoints
+from connectors.kafka.admin import KafkaAdmin
+from streams import topics
+from streams.model import Op
+from streams.sdk import SyncWalWriter
+from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_namespace, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
+    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
+    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
+    yield cluster.connect(), es
+    cluster.shutdown()
+    es.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_move_while_entries_flow_and_logs_are_json(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    ns = create_namespace(endpoints, tmp_path / "ns")
+    port = _free_port()
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        wait_until(lambda: _reachable(port), 60, "the metrics endpoint", worker.tail)
+        _, before = _get(port, "/metrics")
+        assert _sample(before, "walstream_entries_total", namespace=ns.name) == 0
+        entries = [writer.prepare(ns.name, f"m{i}", Op.UPSERT, {"color": "red", "qty": i}) for i in range(300)]
+        assert all(f.result(60).ok for f in [writer.submit_entry(e) for e in entries])
+        wait_until(lambda: len(cassandra_rows(stores[0], ns.keyspace)) == 300, 90, "the entries", worker.tail)
+
+        def counted() -> bool:
+            _, text = _get(port, "/metrics")
+            return (
+                _sample(text, "walstream_entries_total", namespace=ns.name, target="primary", outcome="applied") == 300
+                and _sample(text, "walstream_entries_total", namespace=ns.name, target="search", outcome="applied")
+                == 300
+                and _sample(text, "walstream_cdc_total", namespace=ns.name, op="c") == 300
+                and _sample(text, "walstream_end_to_end_seconds_count", namespace=ns.name) == 300
+            )
+
+        wait_until(counted, 30, "the counters to move", lambda: _get(port, "/metrics")[1][-3000:])
+        wait_until(lambda: "walstream_consumer_lag{" in _get(port, "/metrics")[1], 30, "the lag gauge")
+        status, body = _get(port, "/healthz")
+        assert status == 200 and json.loads(body)["ok"] is True
+        assert _get(port, "/readyz")[0] == 200
+
+        lines = [line for line in worker.log.read_text().splitlines() if line.startswith("{")]
+        assert lines, worker.tail()
+        parsed = [json.loads(line) for line in lines]
+        assert all({"ts", "level", "logger", "message"} <= set(p) for p in parsed)
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
+
+
+def _reachable(port: int) -> bool:
+    try:
+        return _get(port, "/healthz")[0] in (200, 503)
+    except OSError:
+        return False
+
+
+def test_a_crashed_agent_turns_the_health_endpoint_red(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    ns = create_namespace(endpoints, tmp_path / "ns")
+    port = _free_port()
+    worker = WorkerProcess(
+        ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port, extra_args=("--crash-grace", "60")
+    ).start()
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        assert writer.write(ns.name, "first", Op.UPSERT, {"color": "red", "qty": 1}).ok
+        wait_until(lambda: "first" in cassandra_rows(stores[0], ns.keyspace), 90, "the worker", worker.tail)
+        assert _get(port, "/healthz")[0] == 200
+        # An operator deletes the change topic: the agent can no longer make its outcome durable and crashes.
+        KafkaAdmin(endpoints.kafka_bootstrap).delete_topics([topics.cdc_topic(ns.name)])
+        time.sleep(2)
+        assert writer.write(ns.name, "second", Op.UPSERT, {"color": "red", "qty": 2}).ok
+        started = time.monotonic()
+        wait_until(lambda: _get(port, "/healthz")[0] == 503, 30, "the health endpoint to report the crash", worker.tail)
+        reported_after = time.monotonic() - started
+        status, body = _get(port, "/healthz")
+        assert status == 503 and "crashed" in json.loads(body)["crash"], body
+        assert reported_after < 30
+        assert worker.alive()  # still up during the grace period, so a probe can see why
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
