@@ -272,6 +272,8 @@ def test_one_worker_deployment_per_group(case: str) -> None:
             group["name"],
             "--namespaces",
             ",".join(group["namespaces"]),
+            "--role",
+            "fanout",  # the retry tiers have their own Deployment and consumer group
             "--metrics-port",
             "9100",
         ]
