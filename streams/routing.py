@@ -16,6 +16,7 @@ from streams.dispatch import EntryOutcome
 from streams.metrics import Metrics
 from streams.model import DeadLetter, ErrorClass, Origin, RetryEnvelope, WalEntry
 from streams.retry import Hop, RetrySchedule
+from streams.tracing import kafka_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Router:
     ) -> asyncio.Future[Delivery]:
         if not delayed:
             self._metrics.retries.labels(self.namespace, hop.tier).inc()
-        headers = [("walstream-delayed", b"1")] if delayed else None
+        headers = [*([("walstream-delayed", b"1")] if delayed else []), *kafka_trace_headers(entry.headers)]
         return self._producer.send_nowait(
             topics.retry_topic(self.namespace, hop.tier),
             entry.key.encode(),
@@ -167,6 +168,8 @@ class Router:
         )
         return self._dead_letter(key, letter)
 
-    def _dead_letter(self, key: bytes | None, letter: DeadLetter) -> asyncio.Future[Delivery]:
+    def _dead_letter(
+        self, key: bytes | None, letter: DeadLetter, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> asyncio.Future[Delivery]:
         self._metrics.dead_letters.labels(self.namespace, letter.error_class).inc()
-        return self._producer.send_nowait(self._dlq, key, self._codec.encode_dead_letter(letter))
+        return self._producer.send_nowait(self._dlq, key, self._codec.encode_dead_letter(letter), headers=list(headers))

@@ -15,6 +15,7 @@ from streams.codec import Codec
 from streams.model import Op, WalEntry, new_entry
 from streams.namespaces import Namespace, UnknownTargetError
 from streams.payload import PayloadCodec, PayloadError
+from streams.tracing import kafka_trace_headers, with_trace
 
 T = TypeVar("T")
 
@@ -103,7 +104,7 @@ class WalWriter:
             idempotency_key=idempotency_key,
             delay_ms=delay_ms,
             jitter_ms=jitter_ms,
-            headers=headers,
+            headers=with_trace(headers),
         )
 
     async def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WriteResult:
@@ -118,7 +119,7 @@ class WalWriter:
             topics.wal_topic(entry.namespace),
             entry.key.encode(),
             self._codec.encode_entry(entry),
-            headers=[(ENTRY_ID_HEADER, entry.entry_id.encode())],
+            headers=[(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers)],
         )
         return _result(entry, delivery)
 
