@@ -38,6 +38,7 @@ RUN groupadd --system --gid 10001 walstream \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv "$VIRTUAL_ENV" \
     && pip install --no-index --find-links=/wheels walstream \
+    && python -m streams.api.codegen \
     && walstream --help >/dev/null
 
 WORKDIR /var/lib/walstream

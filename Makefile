@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/system-deps.sh
+$(STAMP): pyproject.toml scripts/system-deps.sh schemas/proto/walstream/v1/wal.proto
 	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m streams.api.codegen
 	touch $(STAMP)
 
 # Tools the chart tests need (helm and a Kubernetes schema validator), installed into .tools/.

@@ -15,6 +15,7 @@ java17_ok() {
 py_ok || missing+=(python3 python3-venv)
 java17_ok || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificates with it
 command -v unzip >/dev/null || true  # not needed: the stack unpacks archives itself
 
 if [ ${#missing[@]} -eq 0 ]; then

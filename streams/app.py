@@ -27,6 +27,7 @@ from streams.agents.retry import RetryRunner, tier_topics_of
 from streams.breaker import Breaker
 from streams.codec import Codec
 from streams.dispatch import Dispatcher
+from streams.faust_kafka import WalApp
 from streams.health import HealthServer
 from streams.liveness import Liveness
 from streams.logs import logging_config
@@ -36,6 +37,7 @@ from streams.namespaces import Namespace
 from streams.payload import PayloadCodec
 from streams.retry import RetrySchedule
 from streams.routing import FloodGuard, Router
+from streams.throttle import DeletePacer, Throttled
 from streams.wiring import Connections, build_sinks, topic_specs
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,13 @@ class Worker:
             paused=self.paused,
         )
         self._crashed = threading.Event()
+        # One pacer per namespace and target, shared by the fan-out and the retry tiers of this process.
+        self._pacers = {
+            (ns.name, target): DeletePacer(ns.throttle.max_deletes_per_second)
+            for ns in self.namespaces
+            if ns.throttle.max_deletes_per_second
+            for target in ns.targets
+        }
         self.app: faust.App | None = None
         self.retry: RetryRunner | None = None
         if options.role in (Role.ALL, Role.FANOUT):
@@ -118,10 +127,11 @@ class Worker:
         """One Applier per namespace, its sinks on ``connections`` (each event loop needs its own)."""
         built = {}
         for ns in self.namespaces:
-            sinks: dict[str, Sink] = {
-                name: Breaker(sink) if breakers else sink
-                for name, sink in build_sinks(ns, connections, self.producer).items()
-            }
+            sinks: dict[str, Sink] = {}
+            for name, sink in build_sinks(ns, connections, self.producer).items():
+                wrapped: Sink = Breaker(sink) if breakers else sink
+                pacer = self._pacers.get((ns.name, name))
+                sinks[name] = Throttled(wrapped, pacer) if pacer else wrapped
             schedule = schedule_of(ns)
             router = Router(
                 ns.name, tuple(ns.targets), schedule, self.producer, self.codec, self.metrics, self._guards[ns.name]
@@ -144,7 +154,7 @@ class Worker:
     def _build_fanout(self) -> None:
         options = self.options
         options.data_dir.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
+        self.app = WalApp(
             f"walstream.{options.group}",
             broker=f"kafka://{self.endpoints.kafka_bootstrap}",
             store="memory://",

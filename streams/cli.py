@@ -260,6 +260,40 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+def _api(args: argparse.Namespace) -> int:
+    from streams.api.server import ServerOptions, TlsFiles, serve
+
+    settings = load_settings()
+    api = settings.api
+    namespaces = _namespaces(settings, None)
+    options = ServerOptions(
+        host=api.host,
+        port=args.port if args.port is not None else api.port,
+        max_in_flight=api.max_in_flight,
+        tokens_file=api.tokens_file,
+        tls=TlsFiles(api.tls_cert, api.tls_key, api.tls_client_ca) if api.tls_cert and api.tls_key else None,
+        grace_s=api.grace_s,
+        ack_timeout_s=api.ack_timeout_s,
+        idempotency_ttl_s=api.idempotency_ttl_s,
+        idempotency_max_keys=api.idempotency_max_keys,
+        transactional_producers=api.txn_producers,
+        transactional_id_prefix=api.txn_id_prefix,
+        max_message_bytes=api.max_message_bytes,
+    )
+    metrics_port = args.metrics_port if args.metrics_port is not None else api.metrics_port
+    server = None
+    if metrics_port is not None:
+        from streams.health import HealthServer
+        from streams.metrics import Metrics
+
+        server = HealthServer(Metrics(), lambda: (True, {}), lambda: (True, {}), metrics_port).start()
+    try:
+        return serve(_endpoints(settings).kafka_bootstrap, namespaces, options)
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def _print_status(stack: object) -> bool:
     from connectors.local.stack import LocalStack
 
@@ -323,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines (default json)")
     worker.set_defaults(handler=_worker)
+
+    api = sub.add_parser("api", help="serve the WriteToLog gRPC API (settings: WALSTREAM_API_*)")
+    api.add_argument("--port", type=int, help="gRPC port (default WALSTREAM_API_PORT, 50051)")
+    api.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
+    api.set_defaults(handler=_api)
 
     produce = sub.add_parser("produce", help="write JSON lines ({key, op, payload, ...}) to a namespace")
     produce.add_argument("namespace")

@@ -103,11 +103,40 @@ class RuntimeSettings(_Frozen):
     replication_factor: int = Field(default=1, ge=1, le=5)
 
 
+class ApiSettings(_Frozen):
+    """The WriteToLog gRPC server (`walstream api`)."""
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 50051
+    max_in_flight: int = Field(default=256, ge=1)
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    grace_s: float = Field(default=10.0, ge=0)
+    ack_timeout_s: float = Field(default=35.0, gt=0)
+    idempotency_ttl_s: float = Field(default=600.0, gt=0)
+    idempotency_max_keys: int = Field(default=100_000, ge=1)
+    txn_producers: int = Field(default=2, ge=1, le=64)
+    txn_id_prefix: str | None = None
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("WALSTREAM_API_TLS_CERT and WALSTREAM_API_TLS_KEY go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("WALSTREAM_API_TLS_CLIENT_CA (mTLS) needs WALSTREAM_API_TLS_CERT and _KEY")
+        return self
+
+
 class Settings(_Frozen):
     mode: StackMode = StackMode.LOCAL
     local: LocalStackSettings
     external: ExternalEndpointSettings = ExternalEndpointSettings()
     runtime: RuntimeSettings
+    api: ApiSettings = ApiSettings()
 
 
 # Environment variable (without the prefix) -> (section, field).
@@ -133,6 +162,21 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "NAMESPACE_DIR": ("runtime", "namespace_dir"),
     "DATA_DIR": ("runtime", "data_dir"),
     "REPLICATION_FACTOR": ("runtime", "replication_factor"),
+    "API_HOST": ("api", "host"),
+    "API_PORT": ("api", "port"),
+    "API_MAX_IN_FLIGHT": ("api", "max_in_flight"),
+    "API_TOKENS_FILE": ("api", "tokens_file"),
+    "API_TLS_CERT": ("api", "tls_cert"),
+    "API_TLS_KEY": ("api", "tls_key"),
+    "API_TLS_CLIENT_CA": ("api", "tls_client_ca"),
+    "API_GRACE_S": ("api", "grace_s"),
+    "API_ACK_TIMEOUT_S": ("api", "ack_timeout_s"),
+    "API_IDEMPOTENCY_TTL_S": ("api", "idempotency_ttl_s"),
+    "API_IDEMPOTENCY_MAX_KEYS": ("api", "idempotency_max_keys"),
+    "API_TXN_PRODUCERS": ("api", "txn_producers"),
+    "API_TXN_ID_PREFIX": ("api", "txn_id_prefix"),
+    "API_MAX_MESSAGE_BYTES": ("api", "max_message_bytes"),
+    "API_METRICS_PORT": ("api", "metrics_port"),
 }
 
 
@@ -156,6 +200,7 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "local": {"cache_dir": cache_dir, "stack_dir": stack_dir},
         "external": {},
         "runtime": {"data_dir": data_dir},
+        "api": {},
     }
     top: dict[str, Any] = {}
     unknown = []

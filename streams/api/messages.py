@@ -26,6 +26,7 @@ _OPS_BY_CODE: dict[int, Op] = {code: op for op, code in OP_CODES.items()}
 _DURABLE_CODES: dict[Durable, int] = {Durable.TRUE: 1, Durable.FALSE: 2, Durable.UNKNOWN: 3}
 _DURABLE_BY_CODE: dict[int, Durable] = {code: durable for durable, code in _DURABLE_CODES.items()}
 
+
 class MalformedMessage(ValueError):
     """Bytes that are not a valid protobuf encoding of the expected message."""
 

@@ -1,0 +1,1 @@
+"""The gRPC write API (WriteToLog, WriteBatch, BulkDelete): server, service and client helpers."""

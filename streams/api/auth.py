@@ -1,0 +1,126 @@
+"""Maps bearer tokens to producer identities and decides whether a caller may write to a namespace."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streams.api.rejections import RejectCode, Rejected, Rejection
+from streams.namespaces import Namespace
+
+#: A tokens-file key written as a digest rather than the token itself: ``sha256:<64 hex digits>``.
+_DIGEST_KEY = re.compile(r"sha256:(?P<hex>[0-9a-f]{64})")
+_BEARER = re.compile(r"Bearer +(?P<token>\S+)", re.IGNORECASE)
+
+
+class TokensFileError(ValueError):
+    """The tokens file cannot be used; the message names the file and the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a producer identity, or None for a call without a token."""
+
+    identity: str | None
+
+
+ANONYMOUS = Caller(None)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenRegistry:
+    """Token -> identity, kept as SHA-256 digests so the process never holds the tokens themselves after loading."""
+
+    def __init__(self, tokens: Mapping[str, str] | None = None) -> None:
+        self._by_digest: dict[str, str] = {}
+        for key, identity in (tokens or {}).items():
+            match = _DIGEST_KEY.fullmatch(key)
+            self._by_digest[match["hex"] if match else _digest(key)] = identity
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def identify(self, authorization: str | None) -> Caller:
+        """The caller behind an ``authorization`` metadata value; no value is anonymous.
+
+        A value that is present but malformed or names no known token is refused (UNAUTHENTICATED), even where
+        the namespace is open: a misconfigured client should learn it at its first call.
+        """
+        if authorization is None:
+            return ANONYMOUS
+        match = _BEARER.fullmatch(authorization.strip())
+        if match is None:
+            raise Rejected(Rejection(RejectCode.UNAUTHENTICATED, "authorization", "metadata must be 'Bearer <token>'"))
+        identity = self._by_digest.get(_digest(match["token"]))
+        if identity is None:
+            raise Rejected(Rejection(RejectCode.UNAUTHENTICATED, "authorization", "unknown token"))
+        return Caller(identity)
+
+
+def authorize(ns: Namespace, caller: Caller) -> None:
+    """Refuse a caller the namespace does not list; a namespace with no producers listed is open to anyone."""
+    allowed = ns.authorization.producers
+    if not allowed:
+        return
+    if caller.identity is None:
+        raise Rejected(
+            Rejection(
+                RejectCode.UNAUTHENTICATED,
+                "authorization",
+                f"namespace {ns.name!r} accepts only listed producers; send 'authorization: Bearer <token>'",
+            )
+        )
+    if caller.identity not in allowed:
+        raise Rejected(
+            Rejection(
+                RejectCode.PERMISSION_DENIED,
+                "authorization",
+                f"producer {caller.identity!r} may not write to namespace {ns.name!r}",
+            )
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a repeated key: a token listed twice would silently keep only one identity."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key_node, deep=True) for key_node, _ in node.value]
+        repeated = sorted({str(k)[:8] + "..." for i, k in enumerate(keys) if k in keys[:i]})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated key(s) {', '.join(repeated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_tokens(path: str | os.PathLike[str]) -> TokenRegistry:
+    """Read a YAML mapping of token (or ``sha256:<hex digest of the token>``) -> producer identity."""
+    file = Path(path)
+    try:
+        document = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except OSError as exc:
+        raise TokensFileError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise TokensFileError(f"{file}: invalid YAML: {exc}") from None
+    if document is None:
+        return TokenRegistry()
+    if not isinstance(document, dict):
+        raise TokensFileError(f"{file}: the top level must map tokens to identities, got {type(document).__name__}")
+    for index, (token, identity) in enumerate(document.items()):
+        if not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token):
+            raise TokensFileError(f"{file}: entry {index + 1}: a token must be a non-empty string without spaces")
+        if token.startswith("sha256:") and _DIGEST_KEY.fullmatch(token) is None:
+            raise TokensFileError(f"{file}: entry {index + 1}: a sha256: key needs 64 lowercase hex digits")
+        if not isinstance(identity, str) or not identity.strip():
+            raise TokensFileError(f"{file}: entry {index + 1}: the identity must be a non-empty string")
+    return TokenRegistry(document)

@@ -1,0 +1,178 @@
+"""Runs the gRPC server: WalService plus health and reflection, TLS or mTLS, and a graceful, draining shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from streams.api import messages
+from streams.api.auth import TokenRegistry, load_tokens
+from streams.api.service import ServiceOptions, WalService
+from streams.api.transactions import TransactionalWriter
+from streams.api.validation import Limits
+from streams.namespaces import Namespace
+from streams.sdk import WalWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files of the server's certificate and key; with ``client_ca`` clients must present a certificate it
+    signed (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str = "0.0.0.0"  # a server in a pod listens on every interface
+    port: int = 50051  # 0 picks a free port (tests)
+    max_in_flight: int = 256
+    tokens_file: Path | None = None
+    tls: TlsFiles | None = None
+    #: Shutdown waits this long for calls in flight before cancelling them.
+    grace_s: float = 10.0
+    ack_timeout_s: float = 35.0
+    idempotency_ttl_s: float = 600.0
+    idempotency_max_keys: int = 100_000
+    transactional_producers: int = 2
+    #: Stable per replica to fence a zombie's transactions; None picks a random one per process.
+    transactional_id_prefix: str | None = None
+    transaction_timeout_s: float = 10.0
+    #: The largest request accepted (gRPC refuses a bigger one with RESOURCE_EXHAUSTED before any handler runs).
+    max_message_bytes: int = 8 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    #: librdkafka settings on top of connectors.kafka.producer.producer_config (tests use it to force timeouts).
+    producer_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class RunningServer:
+    """A started server; ``stop`` drains calls in flight, then flushes and closes the producers."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        service: WalService,
+        health: health_aio.HealthServicer,
+        writer: WalWriter,
+        batches: TransactionalWriter,
+        grace_s: float,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.service = service
+        self._health = health
+        self._writer = writer
+        self._batches = batches
+        self._grace_s = grace_s
+        self._stopped = False
+
+    async def stop(self, grace_s: float | None = None) -> int:
+        """Stop taking calls, let running ones finish (up to the grace period), flush Kafka; returns how many
+        messages were still unacknowledged after the flush (0 in a clean shutdown)."""
+        if self._stopped:
+            return 0
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()  # load balancers stop routing here first
+        await self.server.stop(self._grace_s if grace_s is None else grace_s)
+        loop = asyncio.get_running_loop()
+        pending: int = await loop.run_in_executor(None, self._writer.close, 30.0)
+        await loop.run_in_executor(None, self._batches.close, 10.0)
+        if pending:
+            log.warning("%d messages were still unacknowledged after the final flush", pending)
+        return pending
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    key, cert = tls.key.read_bytes(), tls.cert.read_bytes()
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca))
+
+
+async def start_server(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions) -> RunningServer:
+    """Build the service and start listening; the caller owns the returned server and must ``stop`` it."""
+    tokens = load_tokens(options.tokens_file) if options.tokens_file is not None else TokenRegistry()
+    writer = WalWriter(bootstrap, namespaces, producer_overrides=options.producer_overrides)
+    batches = TransactionalWriter(
+        bootstrap,
+        size=options.transactional_producers,
+        transactional_id_prefix=options.transactional_id_prefix,
+        timeout_s=options.transaction_timeout_s,
+    )
+    service = WalService(
+        namespaces,
+        writer,
+        batches,
+        tokens,
+        ServiceOptions(
+            max_in_flight=options.max_in_flight,
+            ack_timeout_s=options.ack_timeout_s,
+            idempotency_ttl_s=options.idempotency_ttl_s,
+            idempotency_max_keys=options.idempotency_max_keys,
+            limits=options.limits,
+        ),
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            # Without this a second server on the same port silently shares it instead of failing.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers([service.handler()])
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [messages.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{options.host}:{options.port}"
+    try:
+        if options.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, _credentials(options.tls))
+        await server.start()
+    except BaseException:
+        writer.close(5.0)
+        raise
+    await health.set(messages.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("walstream API listening on %s:%d (%s)", options.host, port, "TLS" if options.tls else "plaintext")
+    return RunningServer(server, port, service, health, writer, batches, options.grace_s)
+
+
+async def _serve_until_signalled(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions) -> int:
+    running = await start_server(bootstrap, namespaces, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"walstream API serving on {options.host}:{running.port}", flush=True)
+    await stop.wait()
+    print("shutting down: draining calls in flight", flush=True)
+    pending = await running.stop()
+    return 0 if pending == 0 else 1
+
+
+def serve(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions | None = None) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; the exit code is 0 when every write was flushed."""
+    return asyncio.run(_serve_until_signalled(bootstrap, namespaces, options or ServerOptions()))

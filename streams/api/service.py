@@ -1,0 +1,289 @@
+"""The WalService calls: authenticate, validate, de-duplicate, then write entries to Kafka and answer durably."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import grpc
+
+from connectors.kafka.producer import Durable
+from streams.api import messages
+from streams.api.auth import Caller, TokenRegistry, authorize
+from streams.api.idempotency import Attempt, IdempotencyCache
+from streams.api.messages import (
+    BatchRequest,
+    BatchResponse,
+    BulkDeleteRequest,
+    BulkDeleteResponse,
+    EntryAck,
+    MalformedMessage,
+    WriteRequest,
+    WriteResponse,
+)
+from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
+from streams.api.shedding import InFlightLimiter
+from streams.api.transactions import BatchFault, TransactionalWriter
+from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
+from streams.model import BatchInfo, WalEntry
+from streams.namespaces import Namespace
+from streams.sdk import WalWriter
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[bytes, bytes]
+
+#: Call metadata copied into each entry's headers, so traces continue through the log.
+TRACE_METADATA = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    max_in_flight: int = 256
+    #: How long a call waits for Kafka's acknowledgement before answering UNKNOWN.
+    ack_timeout_s: float = 35.0
+    idempotency_ttl_s: float = 600.0
+    idempotency_max_keys: int = 100_000
+    limits: Limits = field(default_factory=Limits)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def _fingerprint(request: Any) -> str:
+    """Identifies a request's content apart from its idempotency key (the dataclass repr is deterministic)."""
+    return hashlib.sha256(repr(replace(request, idempotency_key="")).encode()).hexdigest()
+
+
+def _settled(response: WriteResponse | BatchResponse | BulkDeleteResponse) -> bool:
+    return response.durable is Durable.TRUE
+
+
+class WalService:
+    """Handles the three calls on raw bytes, so even an undecodable request gets a proper status code."""
+
+    def __init__(
+        self,
+        namespaces: Mapping[str, Namespace],
+        writer: WalWriter,
+        batches: TransactionalWriter,
+        tokens: TokenRegistry | None = None,
+        options: ServiceOptions | None = None,
+    ) -> None:
+        self.options = options or ServiceOptions()
+        self._validator = RequestValidator(namespaces, self.options.limits)
+        self._writer = writer
+        self._batches = batches
+        self._tokens = tokens or TokenRegistry()
+        self.limiter = InFlightLimiter(self.options.max_in_flight)
+        ttl, size = self.options.idempotency_ttl_s, self.options.idempotency_max_keys
+        self._writes: IdempotencyCache[WriteResponse] = IdempotencyCache(ttl, size, _settled)
+        self._batch_answers: IdempotencyCache[BatchResponse] = IdempotencyCache(ttl, size, _settled)
+        self._bulk_answers: IdempotencyCache[BulkDeleteResponse] = IdempotencyCache(ttl, size, _settled)
+        # Test hooks, set on the object only (never reachable from the network):
+        #: awaited by each accepted call right before it writes (lets a test hold calls in flight);
+        self.before_write: Callable[[], Awaitable[None]] | None = None
+        #: called after each entry of a batch is produced; raising aborts the transaction.
+        self.batch_fault: BatchFault | None = None
+
+    # -- gRPC plumbing -----------------------------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a server: requests and responses stay bytes until the calls decode them."""
+        methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "WriteToLog": grpc.unary_unary_rpc_method_handler(self.write_to_log),
+            "WriteBatch": grpc.unary_unary_rpc_method_handler(self.write_batch),
+            "BulkDelete": grpc.unary_unary_rpc_method_handler(self.bulk_delete),
+        }
+        return grpc.method_handlers_generic_handler(messages.SERVICE_NAME, methods)
+
+    async def write_to_log(self, data: bytes, context: Context) -> bytes:
+        return await self._call(
+            data, context, messages.decode_write_request, self._write_to_log, messages.encode_write_response
+        )
+
+    async def write_batch(self, data: bytes, context: Context) -> bytes:
+        return await self._call(
+            data, context, messages.decode_batch_request, self._write_batch, messages.encode_batch_response
+        )
+
+    async def bulk_delete(self, data: bytes, context: Context) -> bytes:
+        return await self._call(
+            data, context, messages.decode_bulk_delete_request, self._bulk_delete, messages.encode_bulk_delete_response
+        )
+
+    async def _call(
+        self,
+        data: bytes,
+        context: Context,
+        decode: Callable[[bytes], Req],
+        handle: Callable[[Req, Caller, Mapping[str, str]], Awaitable[Resp]],
+        encode: Callable[[Resp], bytes],
+    ) -> bytes:
+        if not self.limiter.try_acquire():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.limiter.limit} calls are in flight, the server's limit; retry with backoff",
+            )
+        rejection: Rejection | None = None
+        try:
+            metadata = _metadata(context)
+            try:
+                request = decode(data)
+            except MalformedMessage as exc:
+                raise invalid("", str(exc)) from None
+            caller = self._tokens.identify(metadata.get("authorization"))
+            headers = {name: metadata[name] for name in TRACE_METADATA if name in metadata}
+            return encode(await handle(request, caller, headers))
+        except Rejected as exc:
+            rejection = exc.rejection
+        except Exception:
+            log.exception("internal error in a WalService call")
+        finally:
+            self.limiter.release()
+        if rejection is None:
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
+        await context.abort(
+            grpc.StatusCode[rejection.code.value], rejection.details(), ((FIELD_METADATA, rejection.field),)
+        )
+
+    async def _hold(self) -> None:
+        if self.before_write is not None:
+            await self.before_write()
+
+    def _scope(self, rpc: str, ns: Namespace, caller: Caller, idempotency_key: str) -> str:
+        """The idempotency scope: a key is private to its call type, namespace and producer identity."""
+        return "\x1f".join((rpc, ns.name, caller.identity or "", idempotency_key))
+
+    # -- WriteToLog --------------------------------------------------------------------------------------------------
+
+    async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> WriteResponse:
+        ns = self._validator.namespace(request.namespace)
+        authorize(ns, caller)
+        now = _now_us()
+        valid = self._validator.write(ns, request, now)
+        key = request.idempotency_key
+        scope = self._scope("WriteToLog", ns, caller, key) if key else ""
+
+        async def attempt(write_time_us: int) -> WriteResponse:
+            entry = build_entry(
+                ns.name,
+                valid,
+                entry_id=derive_id(scope) if key else uuid.uuid4().hex,
+                write_time_us=write_time_us,
+                idempotency_key=key,
+                headers=headers,
+            )
+            await self._hold()
+            return await self._write_one(entry)
+
+        write_time = valid.write_time_us or now
+        if not key:
+            return await attempt(write_time)
+        return await self._writes.run(scope, Attempt(write_time, _fingerprint(request)), attempt)
+
+    async def _write_one(self, entry: WalEntry) -> WriteResponse:
+        try:
+            async with asyncio.timeout(self.options.ack_timeout_s):  # no extra task per call, unlike wait_for
+                result = await self._writer.write_entry(entry)
+        except TimeoutError:
+            return WriteResponse(
+                Durable.UNKNOWN,
+                f"no acknowledgement from Kafka within {self.options.ack_timeout_s:g}s; retry with the same "
+                "idempotency key",
+                entry.entry_id,
+            )
+        return WriteResponse(result.durable, result.message, result.entry_id, result.partition, result.offset)
+
+    # -- WriteBatch --------------------------------------------------------------------------------------------------
+
+    async def _write_batch(self, request: BatchRequest, caller: Caller, headers: Mapping[str, str]) -> BatchResponse:
+        ns = self._validator.namespace(request.namespace)
+        authorize(ns, caller)
+        now = _now_us()
+        write_time, valid = self._validator.batch(ns, request, now)
+        key = request.idempotency_key
+        scope = self._scope("WriteBatch", ns, caller, key) if key else ""
+        batch_id = derive_id(scope) if key else uuid.uuid4().hex
+
+        async def attempt(write_time_us: int) -> BatchResponse:
+            count = len(valid)
+            entries = [
+                build_entry(
+                    ns.name,
+                    write,
+                    entry_id=derive_id(batch_id, str(index)),
+                    write_time_us=write_time_us,
+                    sequence=write_time_us + index,  # applied in request order
+                    idempotency_key=key,
+                    batch=BatchInfo(batch_id, index, count),
+                    headers=headers,
+                )
+                for index, write in enumerate(valid)
+            ]
+            await self._hold()
+            outcome = await self._batches.write(entries, self.batch_fault)
+            acks = tuple(EntryAck(p.entry_id, p.partition, p.offset) for p in outcome.placed)
+            return BatchResponse(outcome.durable, outcome.message, batch_id, acks)
+
+        chosen = write_time or now
+        if not key:
+            return await attempt(chosen)
+        return await self._batch_answers.run(scope, Attempt(chosen, _fingerprint(request)), attempt)
+
+    # -- BulkDelete --------------------------------------------------------------------------------------------------
+
+    async def _bulk_delete(
+        self, request: BulkDeleteRequest, caller: Caller, headers: Mapping[str, str]
+    ) -> BulkDeleteResponse:
+        ns = self._validator.namespace(request.namespace)
+        authorize(ns, caller)
+        now = _now_us()
+        valid = self._validator.bulk_delete(ns, request, now)
+        key = request.idempotency_key
+        scope = self._scope("BulkDelete", ns, caller, key) if key else uuid.uuid4().hex
+
+        async def attempt(write_time_us: int) -> BulkDeleteResponse:
+            entries = bulk_delete_entries(
+                ns.name, valid, scope=scope, write_time_us=write_time_us, idempotency_key=key or None, headers=headers
+            )
+            await self._hold()
+            answers = await asyncio.gather(*(self._write_one(entry) for entry in entries))
+            stored = sum(1 for a in answers if a.durable is Durable.TRUE)
+            acks = tuple(EntryAck(a.entry_id, a.partition, a.offset) for a in answers)
+            if stored == len(answers):
+                return BulkDeleteResponse(Durable.TRUE, "", acks, stored)
+            first_problem = next(a.message for a in answers if a.durable is not Durable.TRUE)
+            if stored == 0 and all(a.durable is Durable.FALSE for a in answers):
+                return BulkDeleteResponse(Durable.FALSE, first_problem, acks, 0)
+            return BulkDeleteResponse(
+                Durable.UNKNOWN,
+                f"{stored} of {len(answers)} deletes are stored; retry with the same idempotency key "
+                f"(first problem: {first_problem})",
+                acks,
+                stored,
+            )
+
+        chosen = valid.write_time_us or now
+        if not key:
+            return await attempt(chosen)
+        return await self._bulk_answers.run(scope, Attempt(chosen, _fingerprint(request)), attempt)
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    """Text call metadata by lower-case name; the first value wins when a name repeats."""
+    found: dict[str, str] = {}
+    for item in context.invocation_metadata() or ():
+        name, value = item
+        if isinstance(value, str) and name.lower() not in found:
+            found[name.lower()] = value
+    return found
