@@ -31,13 +31,14 @@ class DeletePacer:
 
 
 class Throttled:
-    """A sink whose deletes go out in small steps of at most a tenth of a second's worth, each on its slot."""
+    """A sink whose deletes go out in small steps of at most a twentieth of a second's worth, each on its slot
+    (so no one-second window sees more than the rate plus one step)."""
 
     def __init__(self, sink: Sink, pacer: DeletePacer) -> None:
         self.name = sink.name
         self._sink = sink
         self._pacer = pacer
-        self._step = max(1, int(pacer.rate / 10))
+        self._step = max(1, int(pacer.rate / 20))
 
     async def ensure_schema(self) -> None:
         await self._sink.ensure_schema()

@@ -34,7 +34,7 @@ def test_throttled_sink_writes_deletes_in_paced_steps() -> None:
         async def close(self) -> None: ...
 
     inner = Recorder()
-    sink = Throttled(inner, DeletePacer(200))  # steps of 20 deletes, 0.1 s apart
+    sink = Throttled(inner, DeletePacer(400))  # steps of 20 deletes, 0.05 s apart
     deletes = [SinkWrite(f"k{i}", Op.DELETE, i, None) for i in range(100)]
     loop = asyncio.new_event_loop()
     started = loop.time()
@@ -42,7 +42,7 @@ def test_throttled_sink_writes_deletes_in_paced_steps() -> None:
     took = loop.time() - started
     loop.close()
     assert len(results) == 100 and inner.calls == [20] * 5
-    assert took >= 0.39  # five steps of 0.1 s each: the first goes at once
+    assert took >= 0.19  # five steps of 0.05 s each: the first goes at once
 
 
 def test_upserts_alone_are_not_paced() -> None:
