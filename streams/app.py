@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -148,8 +148,9 @@ class Worker:
             )
         return built
 
-    def _retry_appliers(self) -> Mapping[str, Applier]:
-        return self.appliers(Connections(self.endpoints))
+    def _retry_appliers(self) -> tuple[Mapping[str, Applier], Callable[[], Awaitable[None]]]:
+        connections = Connections(self.endpoints)
+        return self.appliers(connections), connections.close
 
     def _build_fanout(self) -> None:
         options = self.options
@@ -170,7 +171,9 @@ class Worker:
             stream_wait_empty=False,
             broker_commit_every=options.batch_size * 4,
         )
-        appliers = self.appliers(Connections(self.endpoints))
+        connections = Connections(self.endpoints)
+        self.app.closers.append(connections.close)
+        appliers = self.appliers(connections)
         for ns in self.namespaces:
             self._add_fanout(self.app, ns, appliers[ns.name])
 

@@ -7,6 +7,7 @@ whole or not at all), and a short fetch wait so delayed entries and retries stay
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -35,5 +36,16 @@ class _Transport(driver.Transport):
 
 
 class WalApp(faust.App):
+    """Also closes the driver sessions handed to ``closers`` when the app stops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        for close in self.closers:
+            await close()

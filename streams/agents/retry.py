@@ -9,7 +9,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -56,7 +56,7 @@ class RetryRunner:
         bootstrap: str,
         group: str,
         tier_topics: Mapping[str, Sequence[str]],
-        make_appliers: Callable[[], Mapping[str, Applier]],
+        make_appliers: Callable[[], tuple[Mapping[str, Applier], Callable[[], Awaitable[None]]]],
         codec: Codec,
         on_fatal: Callable[[BaseException], None],
         batch_size: int = 500,
@@ -100,7 +100,7 @@ class RetryRunner:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            appliers = self._make_appliers()
+            appliers, close = self._make_appliers()
             consumer = Consumer(self._config)
             consumer.subscribe(sorted(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self.ready.set()
@@ -114,6 +114,7 @@ class RetryRunner:
                         self._commit(consumer, ready)
             finally:
                 consumer.close()
+                loop.run_until_complete(close())
         except BaseException as exc:  # noqa: BLE001 - nothing may fail silently in a background thread
             if not self._stop.is_set():
                 self._on_fatal(exc)
