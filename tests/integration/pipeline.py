@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,6 +184,13 @@ def es_docs(es: Elasticsearch, index: str) -> dict[str, tuple[Any, ...]]:
 
 def expected_rows(model: dict[str, dict[str, Any] | None]) -> dict[str, tuple[Any, ...]]:
     return {k: (v["color"], v["qty"]) for k, v in model.items() if v is not None}
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for a worker's metrics endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
 
-from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from connectors.kafka.producer import Durable
 from streams.api.client import WalClient, write_request
@@ -22,15 +20,6 @@ from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_nam
 from tests.integration.test_api_harness import running_api
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
-    yield cluster.connect(), es
-    cluster.shutdown()
-    es.close()
 
 
 def test_write_to_log_and_write_batch_reach_both_stores_and_aborted_batches_never_do(

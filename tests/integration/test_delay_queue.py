@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from cassandra.cluster import Session
 from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
 
-from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from streams.model import Op
 from streams.retry import due_ms
@@ -20,15 +18,6 @@ from streams.sdk import SyncWalWriter
 from tests.integration.pipeline import WorkerProcess, create_namespace
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
-    yield cluster.connect(), es
-    cluster.shutdown()
-    es.close()
 
 
 def test_delayed_entries_are_delivered_when_due_and_never_early(

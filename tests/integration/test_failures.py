@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from cassandra.cluster import Session
 from confluent_kafka import Consumer, Producer
 from elasticsearch import Elasticsearch
 
-from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from connectors.local.stack import LocalStack
 from streams import topics
@@ -32,19 +29,11 @@ from tests.integration.pipeline import (
     cassandra_rows,
     create_namespace,
     es_docs,
+    free_port,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
-    yield cluster.connect(), es
-    cluster.shutdown()
-    es.close()
 
 
 @pytest.fixture
@@ -52,12 +41,6 @@ def stack(settings: Settings, endpoints: Endpoints) -> LocalStack:
     if settings.mode is not StackMode.LOCAL:
         pytest.skip("outages are made by freezing the local stack's own processes")
     return LocalStack(settings.local)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -113,7 +96,7 @@ def test_elasticsearch_outage_cassandra_keeps_up_and_retries_bring_search_level(
 ) -> None:
     session, es = stores
     ns = create_namespace(endpoints, tmp_path / "ns", retry={"tiers": ["1s", "5s", "10s"], "max_attempts": 20})
-    port = _free_port()
+    port = free_port()
     worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
     writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
     try:

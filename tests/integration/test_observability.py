@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
 
-from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from streams import topics
 from streams.model import Op
 from streams.sdk import SyncWalWriter
-from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_namespace, wait_until
+from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_namespace, free_port, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
-    yield cluster.connect(), es
-    cluster.shutdown()
-    es.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -60,7 +42,7 @@ def test_metrics_move_while_entries_flow_and_logs_are_json(
     endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
 ) -> None:
     ns = create_namespace(endpoints, tmp_path / "ns")
-    port = _free_port()
+    port = free_port()
     worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
     writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
     try:
@@ -108,7 +90,7 @@ def test_a_crashed_agent_turns_the_health_endpoint_red(
     endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
 ) -> None:
     ns = create_namespace(endpoints, tmp_path / "ns")
-    port = _free_port()
+    port = free_port()
     worker = WorkerProcess(
         ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port, extra_args=("--crash-grace", "60")
     ).start()

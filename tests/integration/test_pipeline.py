@@ -14,7 +14,6 @@ from cassandra.cluster import Session
 from confluent_kafka import Producer
 from elasticsearch import Elasticsearch
 
-from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from streams import topics
 from streams.codec import Codec
@@ -33,15 +32,6 @@ from tests.integration.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stores(endpoints: Endpoints) -> Iterator[tuple[Session, Elasticsearch]]:
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=30)
-    yield cluster.connect(), es
-    cluster.shutdown()
-    es.close()
 
 
 @pytest.fixture(scope="module")
