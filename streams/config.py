@@ -101,6 +101,8 @@ class RuntimeSettings(_Frozen):
     namespace_dir: Path = Path("examples/namespaces")
     data_dir: Path
     replication_factor: int = Field(default=1, ge=1, le=5)
+    #: Where helm/install-tools.sh puts the chart tools (read by that script and tests/helm; default <repo>/.tools).
+    tools_dir: Path | None = None
 
 
 class ApiSettings(_Frozen):
@@ -162,6 +164,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "NAMESPACE_DIR": ("runtime", "namespace_dir"),
     "DATA_DIR": ("runtime", "data_dir"),
     "REPLICATION_FACTOR": ("runtime", "replication_factor"),
+    "TOOLS_DIR": ("runtime", "tools_dir"),
     "API_HOST": ("api", "host"),
     "API_PORT": ("api", "port"),
     "API_MAX_IN_FLIGHT": ("api", "max_in_flight"),
