@@ -14,6 +14,7 @@ from streams.model import ChangeOp, Op, WalEntry
 PayloadDecoder = Callable[[bytes], Mapping[str, Any]]
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+_NO_FAILURES: Mapping[str, WriteResult] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,9 @@ class KeyState:
         if not data:
             return cls()
         return cls(applied=MappingProxyType(dict(data["a"])), version=int(data["v"]), exists=bool(data["e"]))
+
+
+_NO_STATE = KeyState()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class Dispatcher:
 
     def __init__(self, sinks: Mapping[str, Sink], decode_payload: PayloadDecoder) -> None:
         self._sinks = dict(sinks)
+        self._names = tuple(self._sinks)
         self._decode = decode_payload
 
     @property
@@ -88,40 +93,66 @@ class Dispatcher:
 
     async def dispatch(self, entries: Sequence[WalEntry], state: Mapping[str, KeyState]) -> DispatchResult:
         """Write what each entry still needs; ``state`` holds the table's value for each key of the batch."""
-        plans: list[tuple[WalEntry, list[str], list[str], dict[str, WriteResult]]] = []
+        everywhere = self._names
+        plans: list[tuple[WalEntry, list[str], tuple[str, ...], dict[str, WriteResult] | None]] = []
         writes: dict[str, list[tuple[int, SinkWrite]]] = {name: [] for name in self._sinks}
         for index, entry in enumerate(entries):
-            held = state.get(entry.key, KeyState()).applied
-            wanted, failed = self._targets_of(entry)
-            todo = [t for t in wanted if entry.sequence > held.get(t, -1)]
-            skipped = [t for t in wanted if t not in todo]
-            document: Mapping[str, Any] | None = None
-            if todo and entry.op is Op.UPSERT:
-                try:
-                    document = self._decode(entry.payload)
-                except ValueError as exc:
-                    failed.update({t: WriteResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
-                    todo = []
-            for target in todo:
-                writes[target].append((index, SinkWrite(entry.key, entry.op, entry.sequence, document, entry.payload)))
+            held = state.get(entry.key, _NO_STATE).applied
+            failed: dict[str, WriteResult] | None = None
+            if entry.targets:
+                wanted, failed = self._targets_of(entry)
+            else:
+                wanted = everywhere
+            sequence = entry.sequence
+            skipped: tuple[str, ...] = ()
+            if held:
+                todo = [t for t in wanted if sequence > held.get(t, -1)]
+                if len(todo) != len(wanted):
+                    skipped = tuple(t for t in wanted if t not in todo)
+            else:
+                todo = list(wanted)
+            if todo:
+                document: Mapping[str, Any] | None = None
+                if entry.op is Op.UPSERT:
+                    try:
+                        document = self._decode(entry.payload)
+                    except ValueError as exc:
+                        failed = failed if failed is not None else {}
+                        failed.update({t: WriteResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
+                        todo = []
+                if todo:
+                    # One immutable write shared by every target of the entry.
+                    write = SinkWrite(entry.key, entry.op, sequence, document, entry.payload)
+                    for target in todo:
+                        writes[target].append((index, write))
             plans.append((entry, todo, skipped, failed))
 
         results = await asyncio.gather(*(self._write(name, batch) for name, batch in writes.items() if batch))
-        by_entry: dict[int, dict[str, WriteResult]] = {}
-        for name, per_write in results:
-            for index, result in per_write:
-                by_entry.setdefault(index, {})[name] = result
+        written: dict[str, dict[int, WriteResult]] = dict(results)
 
-        new_state = {key: state.get(key, KeyState()) for key in {e.key for e in entries}}
+        new_state = {e.key: state.get(e.key, _NO_STATE) for e in entries}
         outcomes = []
         for index, (entry, todo, skipped, failed) in enumerate(plans):
-            written = by_entry.get(index, {})
-            applied = tuple(t for t in todo if written[t].outcome.ok)
-            failed.update({t: r for t, r in written.items() if not r.outcome.ok})
+            applied: tuple[str, ...] = ()
+            if todo:
+                done = []
+                for target in todo:
+                    result = written[target][index]
+                    if result.outcome is Outcome.APPLIED or result.outcome is Outcome.STALE:
+                        done.append(target)
+                    else:
+                        failed = failed if failed is not None else {}
+                        failed[target] = result
+                applied = tuple(done)
             current = new_state[entry.key]
-            held = dict(current.applied)
-            for target in applied:
-                held[target] = max(held.get(target, -1), entry.sequence)
+            held_now = current.applied
+            if applied:
+                sequence = entry.sequence
+                updated = dict(held_now)
+                for target in applied:
+                    if updated.get(target, -1) < sequence:
+                        updated[target] = sequence
+                held_now = MappingProxyType(updated)
             change = None
             version, exists = current.version, current.exists
             if not failed and entry.sequence > current.version:
@@ -132,26 +163,27 @@ class Dispatcher:
                         if entry.op is Op.DELETE
                         else (ChangeOp.UPDATE if current.exists else ChangeOp.CREATE)
                     )
-            new_state[entry.key] = KeyState(MappingProxyType(held), version, exists)
-            outcomes.append(EntryOutcome(entry, applied, tuple(skipped), failed, change))
+            if held_now is not current.applied or version != current.version or exists != current.exists:
+                new_state[entry.key] = KeyState(held_now, version, exists)
+            outcomes.append(EntryOutcome(entry, applied, skipped, failed or _NO_FAILURES, change))
         return DispatchResult(outcomes, new_state)
 
-    def _targets_of(self, entry: WalEntry) -> tuple[list[str], dict[str, WriteResult]]:
+    def _targets_of(self, entry: WalEntry) -> tuple[Sequence[str], dict[str, WriteResult] | None]:
         if not entry.targets:
-            return list(self._sinks), {}
+            return self._names, None
         known = [t for t in entry.targets if t in self._sinks]
         unknown = {
             t: WriteResult(Outcome.FATAL, f"target {t!r} is not declared by namespace {entry.namespace!r}")
             for t in entry.targets
             if t not in self._sinks
         }
-        return known, unknown
+        return known, unknown or None
 
-    async def _write(self, name: str, batch: list[tuple[int, SinkWrite]]) -> tuple[str, list[tuple[int, WriteResult]]]:
+    async def _write(self, name: str, batch: list[tuple[int, SinkWrite]]) -> tuple[str, dict[int, WriteResult]]:
         try:
             results = await self._sinks[name].write([w for _, w in batch])
         except Exception as exc:  # noqa: BLE001 - a sink that raises is treated as unavailable, never fatal
             results = [WriteResult(Outcome.RETRYABLE, f"{name}: {type(exc).__name__}: {exc}")] * len(batch)
         if len(results) != len(batch):
             raise RuntimeError(f"sink {name} returned {len(results)} results for {len(batch)} writes")
-        return name, [(index, result) for (index, _), result in zip(batch, results, strict=True)]
+        return name, {index: result for (index, _), result in zip(batch, results, strict=True)}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -12,6 +17,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         #: Entries per target by outcome: applied, stale, skipped (already held), retryable, fatal.
         self.entries = Counter(
             "walstream_entries_total", "Entries handled per target", ["namespace", "target", "outcome"], registry=r
@@ -58,3 +64,12 @@ class Metrics:
         self.last_ack = Gauge(
             "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds its key on every call,
+        which adds up on the per-entry path. A child is created on first use, exactly as ``labels()`` does."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +27,24 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement, Statement
 
 from connectors.base import Op, Outcome, SinkWrite, WriteResult
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 CQL_TYPES = frozenset({"text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"})
 _RETRYABLE = (OperationTimedOut, WriteTimeout, ReadTimeout, Unavailable, NoHostAvailable, WriteFailure, OSError)
+_APPLIED = WriteResult(Outcome.APPLIED)
+#: Statements per unlogged batch: Cassandra warns when one covers more than 10 partitions
+#: (unlogged_batch_across_partitions_warn_threshold).
+MAX_BATCH_STATEMENTS = 10
+#: Estimated bytes per batch, below Cassandra's batch_size_warn_threshold (5 KiB) and far below its fail threshold
+#: (50 KiB). A statement counts its serialized values plus an allowance for the cells' own overhead.
+MAX_BATCH_BYTES = 4096
+_STATEMENT_OVERHEAD = 96
+_VALUE_OVERHEAD = 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +99,31 @@ def new_cluster(host: str, port: int, timeout: float = 10.0) -> Cluster:
 
 class CassandraSink:
     """Delivery guarantee: idempotent and order-free. Each write carries its sequence as the cell timestamp,
-    so an older upsert or delete can never replace a newer one, whatever order they arrive in."""
+    so an older upsert or delete can never replace a newer one, whatever order they arrive in.
 
-    def __init__(self, session: Session, target: CassandraTarget, concurrency: int = 128) -> None:
+    Writes go out as small unlogged batches of statements that share their replicas, each statement with its own
+    ``USING TIMESTAMP``: one request (one driver round trip, one event-loop wake-up) per batch instead of per row.
+    An unlogged batch is not atomic across partitions, which changes nothing here: every statement is versioned,
+    and a failed batch reports each of its writes as failed, so each is retried on its own terms."""
+
+    def __init__(
+        self,
+        session: Session,
+        target: CassandraTarget,
+        concurrency: int = 64,
+        batch_statements: int = MAX_BATCH_STATEMENTS,
+        batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self.name = target.name
         self.target = target
         self._session = session
-        self._limit = asyncio.Semaphore(concurrency)
-        self._upsert: PreparedStatement | None = None
-        self._delete: PreparedStatement | None = None
+        self._limit = asyncio.Semaphore(concurrency)  # requests (batches or single statements) in flight
+        self._batch_statements = max(1, batch_statements)
+        self._batch_bytes = batch_bytes
+        self._statements: tuple[PreparedStatement, PreparedStatement] | None = None
+        # Each column with the Python type a value may have to be bound as it is (no coercion needed).
+        self._columns = tuple((col, _EXACT_TYPES.get(col.cql_type)) for col in target.columns)
+        self._preparing: asyncio.Lock | None = None
 
     async def ensure_schema(self) -> None:
         t = self.target
@@ -106,50 +135,111 @@ class CassandraSink:
         await self._run(
             f"CREATE TABLE IF NOT EXISTS {t.qualified} ({t.key_column} text PRIMARY KEY{', ' if cols else ''}{cols})"
         )
+        await self.prepare()
 
-    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
-        if self._upsert is None or self._delete is None:
-            t = self.target
-            names = [t.key_column, *(c.name for c in t.columns)]
-            marks = ", ".join("?" for _ in names)
-            self._upsert = self._session.prepare(
-                f"INSERT INTO {t.qualified} ({', '.join(names)}) VALUES ({marks}) USING TIMESTAMP ?"
-            )
-            self._delete = self._session.prepare(
-                f"DELETE FROM {t.qualified} USING TIMESTAMP ? WHERE {t.key_column} = ?"
-            )
-        return self._upsert, self._delete
+    async def prepare(self) -> None:
+        """Prepare the upsert and delete statements (once; the driver's blocking call runs off the event loop)."""
+        await self._prepared()
+
+    async def _prepared(self) -> tuple[PreparedStatement, PreparedStatement]:
+        if self._statements is not None:
+            return self._statements
+        if self._preparing is None:
+            self._preparing = asyncio.Lock()
+        async with self._preparing:
+            if self._statements is None:
+                self._statements = await asyncio.to_thread(self._prepare_blocking)
+        return self._statements
+
+    def _prepare_blocking(self) -> tuple[PreparedStatement, PreparedStatement]:
+        t = self.target
+        names = [t.key_column, *(c.name for c in t.columns)]
+        marks = ", ".join("?" for _ in names)
+        upsert = self._session.prepare(
+            f"INSERT INTO {t.qualified} ({', '.join(names)}) VALUES ({marks}) USING TIMESTAMP ?"
+        )
+        delete = self._session.prepare(f"DELETE FROM {t.qualified} USING TIMESTAMP ? WHERE {t.key_column} = ?")
+        return upsert, delete
 
     async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
-        upsert, delete = self._prepare()
-        return list(await asyncio.gather(*(self._write_one(w, upsert, delete) for w in writes)))
-
-    async def _write_one(self, w: SinkWrite, upsert: PreparedStatement, delete: PreparedStatement) -> WriteResult:
-        if w.op is Op.DELETE:
-            stmt, params = delete, (w.sequence, w.key)
-        else:
+        if not writes:
+            return []
+        upsert, delete = await self._prepared()
+        results: list[WriteResult] = [_APPLIED] * len(writes)
+        # Statements grouped by the replicas of their partition, so each batch's coordinator owns all of it.
+        groups: dict[Any, list[tuple[int, BoundStatement, int]]] = {}
+        replicas = self._session.cluster.metadata.get_replicas
+        keyspace = self.target.keyspace
+        for index, w in enumerate(writes):
             try:
-                values = self._row(w.document or {})
-            except (TypeError, ValueError) as exc:
-                return WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
-            stmt, params = upsert, (w.key, *values, w.sequence)
+                if w.op is Op.DELETE:
+                    bound = delete.bind((w.sequence, w.key))
+                else:
+                    bound = upsert.bind((w.key, *self._row(w.document or {}), w.sequence))
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:
+                results[index] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                continue
+            values = bound.values
+            size = _STATEMENT_OVERHEAD + _VALUE_OVERHEAD * len(values) + sum(map(len, filter(None, values)))
+            owners = tuple(replicas(keyspace, bound.routing_key))
+            groups.setdefault(owners, []).append((index, bound, size))
+        requests = [request for group in groups.values() for request in self._chunks(group)]
+        await asyncio.gather(*(self._execute(request, results) for request in requests))
+        return results
+
+    def _chunks(self, group: list[tuple[int, BoundStatement, int]]) -> list[list[tuple[int, BoundStatement, int]]]:
+        """Split into batches of at most ``batch_statements`` statements and about ``batch_bytes``, which keeps
+        Cassandra's batch warnings (more than 10 partitions, more than 5 KiB) quiet and far from its size limit."""
+        chunks: list[list[tuple[int, BoundStatement, int]]] = []
+        current: list[tuple[int, BoundStatement, int]] = []
+        size = 0
+        for item in group:
+            if current and (len(current) >= self._batch_statements or size + item[2] > self._batch_bytes):
+                chunks.append(current)
+                current, size = [], 0
+            current.append(item)
+            size += item[2]
+        if current:
+            chunks.append(current)
+        return chunks
+
+    async def _execute(self, request: list[tuple[int, BoundStatement, int]], results: list[WriteResult]) -> None:
+        """Run one batch (or one statement) and record its outcome for each of its writes."""
+        if len(request) == 1:
+            statement: Statement = request[0][1]
+        else:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for _, bound, _ in request:
+                batch.add(bound)
+            statement = batch
         async with self._limit:
             try:
-                await _await(self._session.execute_async(stmt, params))
-            except _RETRYABLE as exc:
-                return WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
+                await _await(self._session.execute_async(statement))
+                return
             except InvalidRequest as exc:
-                return WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                if len(request) == 1:
+                    results[request[0][0]] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                    return
+                failure = exc
+            except _RETRYABLE as exc:
+                outcome = WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
+                for index, _, _ in request:
+                    results[index] = outcome
+                return
             except Exception as exc:  # noqa: BLE001 - an unknown driver error is retried, never lost
-                return WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
-        # Cassandra cannot tell us whether a newer version already existed; the write is harmless either way.
-        return WriteResult(Outcome.APPLIED)
+                outcome = WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
+                for index, _, _ in request:
+                    results[index] = outcome
+                return
+        # The batch as a whole was refused: run its statements one by one so only the bad ones are fatal.
+        log.debug("%s: batch of %d refused (%s); writing its statements one by one", self.name, len(request), failure)
+        await asyncio.gather(*(self._execute([item], results) for item in request))
 
     def _row(self, document: Mapping[str, Any]) -> list[Any]:
         row = []
-        for col in self.target.columns:
+        for col, exact in self._columns:
             value = document.get(col.field)
-            row.append(None if value is None else _coerce(col, value))
+            row.append(value if value is None or type(value) is exact else _coerce(col, value))
         return row
 
     async def _run(self, cql: str) -> None:
@@ -157,6 +247,16 @@ class CassandraSink:
 
     async def close(self) -> None:
         return None
+
+
+_EXACT_TYPES: dict[str, type] = {
+    "text": str,
+    "int": int,
+    "bigint": int,
+    "double": float,
+    "boolean": bool,
+    "blob": bytes,
+}
 
 
 def _coerce(col: Column, value: Any) -> Any:

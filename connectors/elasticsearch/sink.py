@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import AsyncElasticsearch, BadRequestError, TransportError
+from elasticsearch.serializer import JsonSerializer
 
 from connectors.base import Op, Outcome, SinkWrite, WriteResult
 
@@ -20,6 +22,13 @@ ES_TYPES = frozenset({"keyword", "text", "long", "integer", "double", "boolean",
 #: which bounds the same risk on the primary store.
 GC_DELETES = "10d"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Only what the results need: the response of a large _bulk is otherwise mostly per-item metadata to parse.
+_BULK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+_EXTERNAL = ',"version_type":"external"}}'
+_APPLIED = WriteResult(Outcome.APPLIED)
+_STALE = WriteResult(Outcome.STALE)
+#: Encodes like the client's own serializer (dates, UUIDs, decimals, ...), with one reusable encoder.
+_ENCODER = json.JSONEncoder(default=JsonSerializer().default, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class ElasticsearchSink:
         self.name = target.name
         self.target = target
         self._es = client
+        self._action_head = f'{{"_index":{json.dumps(target.index)},"_id":'
 
     async def ensure_schema(self) -> None:
         t = self.target
@@ -71,27 +81,51 @@ class ElasticsearchSink:
                 raise
 
     async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
-        if not writes:
-            return []
-        operations: list[Mapping[str, Any]] = []
-        for w in writes:
-            meta = {"_index": self.target.index, "_id": w.key, "version": w.sequence, "version_type": "external"}
+        results: list[WriteResult] = [_APPLIED] * len(writes)
+        # The NDJSON body is written here as one string: the client sends it as it is, instead of encoding two
+        # objects per write, each with a fresh JSON encoder.
+        head = self._action_head
+        encode = _ENCODER.encode
+        lines: list[str] = []
+        sent: list[int] = []  # the index of each write in the body, in order
+        for index, w in enumerate(writes):
             if w.op is Op.DELETE:
-                operations.append({"delete": meta})
+                lines.append(f'{{"delete":{head}{encode(w.key)},"version":{w.sequence}{_EXTERNAL}')
             else:
-                operations.append({"index": meta})
-                operations.append(self._document(w.document or {}))
+                try:
+                    document = encode(self._document(w.document or {}))
+                except (TypeError, ValueError) as exc:
+                    results[index] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                    continue
+                lines.append(f'{{"index":{head}{encode(w.key)},"version":{w.sequence}{_EXTERNAL}')
+                lines.append(document)
+            sent.append(index)
+        if not sent:
+            return results
+        lines.append("")  # the body ends with a newline
         try:
-            response = await self._es.bulk(operations=operations)
-        except (ConnectionTimeout, TransportConnectionError) as exc:
-            return [WriteResult(Outcome.RETRYABLE, f"{self.name}: {exc}")] * len(writes)
-        except TransportError as exc:
-            return [WriteResult(Outcome.RETRYABLE, f"{self.name}: {exc}")] * len(writes)
+            response = await self._es.bulk(operations=cast(Any, "\n".join(lines)), filter_path=_BULK_FILTER)
+        except (ConnectionTimeout, TransportConnectionError, TransportError) as exc:
+            return self._all(results, sent, WriteResult(Outcome.RETRYABLE, f"{self.name}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - an unknown client error is retried, never lost
             status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
             outcome = _status_outcome(status if isinstance(status, int) else 500)
-            return [WriteResult(outcome, f"{self.name}: {type(exc).__name__}: {exc}")] * len(writes)
-        return [self._item_result(item) for item in response["items"]]
+            return self._all(results, sent, WriteResult(outcome, f"{self.name}: {type(exc).__name__}: {exc}"))
+        answer = response.body
+        items = answer.get("items", ())
+        if len(items) != len(sent):
+            error = f"{self.name}: _bulk answered {len(items)} items for {len(sent)} operations"
+            return self._all(results, sent, WriteResult(Outcome.RETRYABLE, error))
+        if answer.get("errors") is not False:  # else every item is 200/201 (indexed) or a 404 delete: applied
+            for index, item in zip(sent, items, strict=True):
+                results[index] = self._item_result(item)
+        return results
+
+    @staticmethod
+    def _all(results: list[WriteResult], sent: list[int], result: WriteResult) -> list[WriteResult]:
+        for index in sent:
+            results[index] = result
+        return results
 
     def _document(self, document: Mapping[str, Any]) -> dict[str, Any]:
         return {name: document.get(name) for name in self.target.fields}
@@ -100,11 +134,11 @@ class ElasticsearchSink:
         ((op, body),) = item.items()
         status = int(body.get("status", 500))
         if status in (200, 201):
-            return WriteResult(Outcome.APPLIED)
+            return _APPLIED
         if status == 409:
-            return WriteResult(Outcome.STALE)  # a newer (or the same) version is already there
+            return _STALE  # a newer (or the same) version is already there
         if op == "delete" and status == 404:
-            return WriteResult(Outcome.APPLIED)  # nothing to delete; the tombstone version is still recorded
+            return _APPLIED  # nothing to delete; the tombstone version is still recorded
         error = body.get("error", {})
         reason = f"{self.name}: {status} {error.get('type', '')}: {error.get('reason', '')}".strip()
         return WriteResult(_status_outcome(status), reason)

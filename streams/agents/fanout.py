@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -104,10 +105,11 @@ class Applier:
         sends: list[asyncio.Future[Delivery]],
     ) -> dict[str, KeyState]:
         """Apply, publish and route; returns the new idempotency state of the keys touched."""
+        metrics, ns = self._metrics, self.namespace
         while True:
             started = time.perf_counter()
             result = await self.dispatcher.dispatch([i.entry for i in items], state)
-            self._metrics.sink_latency.labels(self.namespace).observe(time.perf_counter() - started)
+            metrics.child(metrics.sink_latency, ns).observe(time.perf_counter() - started)
             doomed = self.router.dead_letters_needed(
                 [(o, i.attempt + 1) for o, i in zip(result.outcomes, items, strict=True)]
             )
@@ -115,29 +117,49 @@ class Applier:
                 self.router.guard.admit(doomed)
                 break
             except FloodGuardTripped as exc:
-                self._metrics.paused.labels(self.namespace).set(1)
+                metrics.child(metrics.paused, ns).set(1)
                 log.error("%s; trying the same entries again in %.0fs", exc, self._hold_s)
                 await asyncio.sleep(self._hold_s)
-        self._metrics.paused.labels(self.namespace).set(0)
+        metrics.child(metrics.paused, ns).set(0)
 
+        # Counted per batch, then added to the counters once per label set.
+        applied: collections.Counter[tuple[str, ...]] = collections.Counter()
+        skipped: collections.Counter[tuple[str, ...]] = collections.Counter()
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (target, outcome)
+        changes: collections.Counter[str] = collections.Counter()
+        duplicates = 0
+        end_to_end = metrics.child(metrics.end_to_end, ns)
         now = time.time()
+        now_ms = int(now * 1000)
         for outcome, item in zip(result.outcomes, items, strict=True):
-            self._count(outcome.applied, "applied")
-            self._count(outcome.skipped, "skipped")
-            if outcome.duplicate:
-                self._metrics.duplicates.labels(self.namespace).inc()
+            if outcome.applied:
+                applied[outcome.applied] += 1
+            if outcome.skipped:
+                skipped[outcome.skipped] += 1
             if outcome.failed:
                 for target, res in outcome.failed.items():
-                    self._metrics.entries.labels(self.namespace, target, res.outcome.value).inc()
+                    counts[(target, res.outcome.value)] += 1
                 sends.append(self.router.failed(outcome, item.raw, item.origin, item.attempt + 1, item.first_error))
             elif outcome.change is not None:
-                sends.append(self._publish(outcome.entry, outcome.change, item.origin, int(now * 1000)))
-                self._metrics.end_to_end.labels(self.namespace).observe(
-                    max(now - outcome.entry.lifecycle.original_write_time / 1e6, 0.0)
-                )
-                due = due_ms(outcome.entry)
+                entry = outcome.entry
+                sends.append(self._publish(entry, outcome.change, item.origin, now_ms))
+                changes[outcome.change.value] += 1
+                end_to_end.observe(max(now - entry.lifecycle.original_write_time / 1e6, 0.0))
+                due = due_ms(entry)
                 if due:
-                    self._metrics.delay_lateness.labels(self.namespace).observe(max(now - due / 1000, 0.0))
+                    metrics.child(metrics.delay_lateness, ns).observe(max(now - due / 1000, 0.0))
+            elif not outcome.applied:
+                duplicates += 1  # every target already held this version or a newer one
+        for outcomes, label in ((applied, "applied"), (skipped, "skipped")):
+            for targets, count in outcomes.items():
+                for target in targets:
+                    counts[(target, label)] += count
+        for (target, label), count in counts.items():
+            metrics.child(metrics.entries, ns, target, label).inc(count)
+        for op, count in changes.items():
+            metrics.child(metrics.changes, ns, op).inc(count)
+        if duplicates:
+            metrics.child(metrics.duplicates, ns).inc(duplicates)
         return result.state
 
     def _publish(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> asyncio.Future[Delivery]:
@@ -150,12 +172,7 @@ class Applier:
             ),
             ts_ms=now_ms,
         )
-        self._metrics.changes.labels(self.namespace, change.value).inc()
         return self._producer.send_nowait(self._cdc, entry.key.encode(), self._codec.encode_change_event(event))
-
-    def _count(self, targets: Sequence[str], outcome: str) -> None:
-        for target in targets:
-            self._metrics.entries.labels(self.namespace, target, outcome).inc()
 
 
 async def settle(sends: Sequence[asyncio.Future[Delivery]]) -> None:
@@ -167,35 +184,106 @@ async def settle(sends: Sequence[asyncio.Future[Delivery]]) -> None:
 
 
 class FanoutProcessor:
-    """The fan-out agent's step for one namespace: decode → delay or dispatch → route → (caller acks)."""
+    """The fan-out agent's step for one namespace: decode → delay or dispatch → route → (caller acks).
+
+    Batches may be processed concurrently (the Batcher pipelines them) and stay in order all the same: the apply
+    step (sink writes, change events, retry and DLQ records) runs one batch at a time, in the order the batches
+    arrived, and sees the idempotency state every earlier batch left, even before it is in the table. Each batch
+    then waits until its own follow-up records are durable and the batch before it has finished, and only then
+    writes its state to the table. Once a batch failed, every later batch fails too, so nothing after it can be
+    acknowledged."""
 
     def __init__(self, applier: Applier, table: MutableMapping[bytes, Any]) -> None:
         self.namespace = applier.namespace
         self._applier = applier
         self._table = table
+        self._applying = asyncio.Lock()
+        # New state of keys whose batch has not written it to the table yet (at most a few batches' keys).
+        self._unsaved: dict[str, KeyState] = {}
+        self._previous: asyncio.Future[None] | None = None  # done when the batch before this one has finished
+        self._failure: BaseException | None = None
 
     async def process(self, records: Sequence[Record]) -> None:
         sends: list[asyncio.Future[Delivery]] = []
-        items: list[Pending] = []
-        for record in records:
-            entry = self._applier.decode(record, sends)
-            if entry is None:
-                continue
-            item = Pending(entry, record.value, record.origin)
-            if not self._applier.delay_if_not_due(item, sends):
-                items.append(item)
-        state = {i.entry.key: KeyState.from_json(self._table.get(i.entry.key.encode())) for i in items}
-        new_state = await self._applier.apply(items, state, sends) if items else {}
-        await settle(sends)
-        for key, new in new_state.items():
-            if new != state.get(key):
+        async with self._applying:
+            self._check()
+            items: list[Pending] = []
+            for record in records:
+                entry = self._applier.decode(record, sends)
+                if entry is None:
+                    continue
+                item = Pending(entry, record.value, record.origin)
+                if not self._applier.delay_if_not_due(item, sends):
+                    items.append(item)
+            state: dict[str, KeyState] = {}
+            for item in items:
+                key = item.entry.key
+                if key not in state:
+                    unsaved = self._unsaved.get(key)
+                    state[key] = unsaved if unsaved is not None else KeyState.from_json(self._table.get(key.encode()))
+            try:
+                new_state = await self._applier.apply(items, state, sends) if items else {}
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            changed = {key: new for key, new in new_state.items() if new != state.get(key)}
+            self._unsaved.update(changed)
+            previous = self._previous
+            finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            finished.add_done_callback(_retrieve)
+            self._previous = finished
+        try:
+            await settle(sends)
+            if previous is not None:
+                await asyncio.shield(previous)  # raises when an earlier batch failed
+            for key, new in changed.items():
                 self._table[key.encode()] = new.to_json()
+        except BaseException as exc:
+            self._fail(exc)
+            _finish(finished, exc)
+            raise
+        _finish(finished, None)
+        for key, new in changed.items():
+            if self._unsaved.get(key) is new:  # a later batch may have moved the key on already
+                del self._unsaved[key]
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise NotDurable(f"an earlier batch of {self.namespace} failed: {self._failure!r}") from self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._unsaved.clear()
+
+
+def _finish(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    elif isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: it is reported where it happened, not again as 'never retrieved'."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Batcher:
-    """Collects records into batches of at most ``max_size``, flushed when full or ``within`` seconds after the
-    first record arrived. A flush processes the batch, then acknowledges it; the adder waits while a full batch
-    is being flushed, so memory stays bounded (backpressure pauses consumption)."""
+    """Collects records into batches of at most ``max_size``, started when full or ``within`` seconds after the
+    first record arrived.
+
+    Up to ``depth`` batches are in flight: while one waits for its follow-up records to become durable, the next
+    is already being applied. A batch is acknowledged only after its ``process`` returned, and strictly in order:
+    only after every earlier batch was acknowledged. Memory stays bounded: with ``depth`` batches in flight and
+    the buffer full, the adder waits (backpressure pauses consumption). When a batch fails, neither it nor any
+    later batch is acknowledged: ``on_fatal`` is called once (not for a cancellation at shutdown), and ``add``
+    and ``flush`` raise from then on, so the caller stops and the records are read again."""
 
     def __init__(
         self,
@@ -204,42 +292,84 @@ class Batcher:
         max_size: int,
         within: float,
         on_fatal: Callable[[BaseException], None],
+        depth: int = 2,
     ) -> None:
         self._process = process
         self._ack = ack
         self._max = max_size
         self._within = within
         self._on_fatal = on_fatal
+        self._depth = max(1, depth)
         self._buffer: list[Any] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: collections.deque[asyncio.Task[None]] = collections.deque()  # in batch order
+        self._failure: BaseException | None = None
 
     async def add(self, item: Any) -> None:
+        self._check()
         self._buffer.append(item)
         if len(self._buffer) >= self._max:
-            await self.flush()
+            await self._submit()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._within, self._flush_later)
+            self._timer = asyncio.get_running_loop().call_later(self._within, self._submit_later)
 
-    def _flush_later(self) -> None:
+    def _submit_later(self) -> None:
         self._timer = None
-        task = asyncio.get_running_loop().create_task(self.flush())
+        task = asyncio.get_running_loop().create_task(self._submit())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)  # a failure is reported by the batch that failed
 
     async def flush(self) -> None:
+        """Start what is buffered, then wait until every batch is processed and acknowledged."""
+        await self._submit()
+        while self._inflight:
+            await asyncio.wait([self._inflight[-1]])
+        self._check()
+
+    async def _submit(self) -> None:
         async with self._lock:
+            if not self._buffer:
+                return
+            while len(self._inflight) >= self._depth:
+                await asyncio.wait([self._inflight[0]])
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._check()
             batch, self._buffer = self._buffer, []
-            if not batch:
-                return
-            try:
-                await self._process(batch)
-            except BaseException as exc:
-                # Nothing of this batch is acknowledged; the process stops so the records are read again.
-                self._on_fatal(exc)
-                raise
+            previous = self._inflight[-1] if self._inflight else None
+            task = asyncio.get_running_loop().create_task(self._run(batch, previous))
+            self._inflight.append(task)
+            task.add_done_callback(self._done)
+
+    async def _run(self, batch: list[Any], previous: asyncio.Task[None] | None) -> None:
+        try:
+            await self._process(batch)
+        except BaseException as exc:
+            # Nothing of this batch is acknowledged; the process stops so the records are read again.
+            self._fail(exc)
+            raise
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)  # acknowledged in order; raises (no ack) when an earlier batch failed
             await self._ack(batch)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.remove(task)
+        _retrieve(task)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            if not isinstance(exc, asyncio.CancelledError):  # shutdown: the records are simply read again
+                self._on_fatal(exc)
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise NotDurable(f"an earlier batch failed: {self._failure!r}") from self._failure
