@@ -18,6 +18,7 @@ from streams.metrics import Metrics
 from streams.model import ChangeEvent, ChangeOp, Op, Origin, Source, WalEntry
 from streams.retry import RetrySchedule, due_ms
 from streams.routing import FloodGuardTripped, Router, Sender
+from streams.tracing import kafka_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,12 @@ class Applier:
             ),
             ts_ms=now_ms,
         )
-        return self._producer.send_nowait(self._cdc, entry.key.encode(), self._codec.encode_change_event(event))
+        return self._producer.send_nowait(
+            self._cdc,
+            entry.key.encode(),
+            self._codec.encode_change_event(event),
+            headers=kafka_trace_headers(entry.headers) or None,
+        )
 
 
 async def settle(sends: Sequence[asyncio.Future[Delivery]]) -> None:

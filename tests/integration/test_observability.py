@@ -114,3 +114,45 @@ def test_a_crashed_agent_turns_the_health_endpoint_red(
         writer.close()
         worker.stop()
         ns.drop(*stores)
+
+
+def test_a_trace_context_travels_from_the_writer_to_the_log_and_the_change_topic(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    from confluent_kafka import Consumer
+
+    ns = create_namespace(endpoints, tmp_path / "ns")
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        result = writer.write(
+            ns.name, "traced", Op.UPSERT, {"color": "red", "qty": 1}, headers={"traceparent": traceparent}
+        )
+        assert result.ok
+
+        def headers_on(topic: str) -> dict[str, bytes]:
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": endpoints.kafka_bootstrap,
+                    "group.id": f"h-{time.time_ns()}",
+                    "auto.offset.reset": "earliest",
+                }
+            )
+            consumer.subscribe([topic])
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    msg = consumer.poll(0.5)
+                    if msg is not None and not msg.error() and msg.key() == b"traced":
+                        return dict(msg.headers() or [])
+            finally:
+                consumer.close()
+            raise AssertionError(f"no record for 'traced' on {topic}\n{worker.tail()}")
+
+        assert headers_on(topics.wal_topic(ns.name))["traceparent"] == traceparent.encode()
+        assert headers_on(topics.cdc_topic(ns.name))["traceparent"] == traceparent.encode()
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
