@@ -51,7 +51,8 @@ class FloodGuard:
         now = self._clock()
         while self._times and self._times[0] <= now - 60:
             self._times.popleft()
-        if len(self._times) + count > self.per_minute:
+        # A batch larger than the whole limit is let through only into an empty window, so it cannot wait forever.
+        if len(self._times) + count > self.per_minute and self._times:
             raise FloodGuardTripped(
                 f"namespace {self.namespace}: {len(self._times) + count} dead letters within a minute would pass "
                 f"the limit of {self.per_minute} (retry.dlq_max_per_minute); holding the stream"

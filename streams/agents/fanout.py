@@ -72,21 +72,48 @@ class Applier:
         self._hold_s = hold_s
         self._cdc = topics.cdc_topic(namespace)
 
-    def decode(self, record: Record, sends: list[asyncio.Future[Delivery]]) -> WalEntry | None:
-        """The entry of a log record, or None after sending the record to the DLQ."""
+    def decode(self, record: Record) -> WalEntry | DecodeError:
+        """The entry of a log record, or why it is not one of this namespace."""
         try:
             entry = self._codec.decode_entry(record.value)
         except DecodeError as exc:
-            log.warning("undecodable record at %s: %s", record.origin, exc)
-            sends.append(self.router.undecodable(record.value, record.key, record.origin, exc))
-            return None
+            return exc
         if entry.namespace != self.namespace:
-            error = DecodeError(
+            return DecodeError(
                 "unknown-namespace", f"entry names namespace {entry.namespace!r}, read from {record.origin.topic}"
             )
-            sends.append(self.router.undecodable(record.value, record.key, record.origin, error))
-            return None
         return entry
+
+    async def dead_letter_undecodable(
+        self, failures: Sequence[tuple[Record, DecodeError]], sends: list[asyncio.Future[Delivery]]
+    ) -> None:
+        """Send undecodable records to the DLQ, holding the stream while the flood guard refuses them."""
+        for record, error in failures:
+            await self._admit_dead_letters(1)  # one at a time: a flood drains at the limit, never faster
+            origin = record.origin
+            log.warning(
+                "undecodable record sent to the DLQ: %s",
+                error,
+                extra={
+                    "namespace": self.namespace,
+                    "topic": origin.topic,
+                    "partition": origin.partition,
+                    "offset": origin.offset,
+                },
+            )
+            sends.append(self.router.undecodable(record.value, record.key, origin, error))
+
+    async def _admit_dead_letters(self, count: int) -> None:
+        metrics, ns = self._metrics, self.namespace
+        while True:
+            try:
+                self.router.guard.admit(count)
+                break
+            except FloodGuardTripped as exc:
+                metrics.child(metrics.paused, ns).set(1)
+                log.error("%s; holding for %.0fs", exc, self._hold_s, extra={"namespace": ns})
+                await asyncio.sleep(self._hold_s)
+        metrics.child(metrics.paused, ns).set(0)
 
     def delay_if_not_due(self, item: Pending, sends: list[asyncio.Future[Delivery]]) -> bool:
         """Send a delayed entry that is not due yet to its next tier; True when it was sent."""
@@ -214,9 +241,11 @@ class FanoutProcessor:
         async with self._applying:
             self._check()
             items: list[Pending] = []
+            undecodable: list[tuple[Record, DecodeError]] = []
             for record in records:
-                entry = self._applier.decode(record, sends)
-                if entry is None:
+                entry = self._applier.decode(record)
+                if isinstance(entry, DecodeError):
+                    undecodable.append((record, entry))
                     continue
                 item = Pending(entry, record.value, record.origin)
                 if not self._applier.delay_if_not_due(item, sends):
@@ -228,6 +257,7 @@ class FanoutProcessor:
                     unsaved = self._unsaved.get(key)
                     state[key] = unsaved if unsaved is not None else KeyState.from_json(self._table.get(key.encode()))
             try:
+                await self._applier.dead_letter_undecodable(undecodable, sends)
                 new_state = await self._applier.apply(items, state, sends) if items else {}
             except BaseException as exc:
                 self._fail(exc)

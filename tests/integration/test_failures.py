@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -330,4 +331,42 @@ def test_a_held_retry_partition_is_resumed_by_its_new_owner_after_a_rebalance(
             second.stop()
     finally:
         first.stop()
+        ns.drop(session, es)
+
+
+def test_a_flood_of_dead_letters_holds_the_namespace_instead_of_draining_it(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=1, retry={"dlq_max_per_minute": 5})
+    port = free_port()
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
+    raw = Producer({"bootstrap.servers": endpoints.kafka_bootstrap})
+    try:
+        for i in range(20):
+            raw.produce(topics.wal_topic(ns.name), key=b"junk", value=b"garbage-%d" % i)
+        assert raw.flush(30) == 0
+        behind = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+        try:
+            assert behind.write(ns.name, "behind", Op.UPSERT, {"color": "red", "qty": 1}).ok
+        finally:
+            behind.close()
+
+        def held() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                    return False
+            except urllib.error.HTTPError as err:
+                return err.code == 503 and ns.name in err.read().decode()
+            except OSError:
+                return False
+
+        wait_until(held, 60, "the flood guard to hold the namespace", worker.tail)
+        assert _counter(_metrics(port), "walstream_namespace_paused", namespace=ns.name) == 1
+        letters = _dead_letters(endpoints, ns.name, 20, timeout=5)
+        assert 0 < len(letters) <= 5  # the log is not drained into the DLQ
+        assert "behind" not in cassandra_rows(session, ns.keyspace)  # held, in order, not skipped
+        assert worker.alive()
+    finally:
+        worker.stop()
         ns.drop(session, es)

@@ -128,3 +128,10 @@ def test_flood_guard_refuses_past_the_limit_per_minute() -> None:
         assert "ns" in str(exc) and "5" in str(exc)
     now[0] = 61
     guard.admit(5)
+    now[0] = 200
+    guard.admit(9)  # larger than the limit: admitted into an empty window rather than held forever
+    try:
+        guard.admit(1)
+        raise AssertionError("should have tripped")
+    except FloodGuardTripped:
+        pass
