@@ -86,14 +86,8 @@ class DurableProducer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> Delivery:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Delivery] = loop.create_future()
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, future, _delivery(err, msg))
-
-        self._produce(topic, key, value, headers, partition, report)
-        return await future
+        """Send one record and wait for its durable answer."""
+        return await self.send_nowait(topic, key, value, headers, partition)
 
     def send_nowait(
         self,

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from connectors.kafka.producer import Delivery
 from streams import topics
-from streams.agents.fanout import Applier, Pending, Record, settle
+from streams.agents.fanout import Applier, Pending, settle
 from streams.codec import Codec, DecodeError
 from streams.dispatch import KeyState
 from streams.model import Origin
@@ -246,6 +246,3 @@ class RetryRunner:
 
 def tier_topics_of(namespaces: Sequence[Any]) -> dict[str, list[str]]:
     return {ns.name: [topics.retry_topic(ns.name, tier) for tier in ns.retry.tiers] for ns in namespaces}
-
-
-__all__ = ["Record", "RetryRunner", "tier_topics_of"]

@@ -15,6 +15,7 @@ from connectors.local.errors import PortInUse
 from connectors.local.process import MARK_VAR
 from connectors.local.stack import SERVICE_NAMES, LocalStack
 from streams.config import LocalStackSettings, Settings, StackMode
+from tests.integration.pipeline import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +27,9 @@ def local(settings: Settings) -> LocalStackSettings:
     return settings.local
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _kafka_only(local: LocalStackSettings, stack_dir: Path) -> LocalStackSettings:
     return local.model_copy(
-        update={"stack_dir": stack_dir, "kafka_port": _free_port(), "kafka_controller_port": _free_port()}
+        update={"stack_dir": stack_dir, "kafka_port": free_port(), "kafka_controller_port": free_port()}
     )
 
 
@@ -107,7 +102,7 @@ def test_taken_port_is_a_clear_error_and_starts_nothing(local: LocalStackSetting
 
 
 def test_cli_reports_a_taken_port_without_a_traceback(local: LocalStackSettings, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "WALSTREAM_STACK_DIR": str(tmp_path / "stack"), "WALSTREAM_KAFKA_PORT": str(port)}
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
