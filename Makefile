@@ -33,8 +33,8 @@ unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check streams connectors tests
-	$(VENV)/bin/ruff format --check streams connectors tests
+	$(VENV)/bin/ruff check streams connectors tests bench examples
+	$(VENV)/bin/ruff format --check streams connectors tests bench examples
 	$(VENV)/bin/mypy
 
 stack-up: setup

@@ -43,13 +43,15 @@ import yaml  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
 from connectors.kafka.admin import KafkaAdmin  # noqa: E402
-from connectors.kafka.producer import Durable, DurableProducer, producer_config  # noqa: E402
+from connectors.kafka.config import producer_config  # noqa: E402
+from connectors.kafka.producer import DurableProducer  # noqa: E402
 from streams import topics  # noqa: E402
 from streams.codec import Codec  # noqa: E402
 from streams.config import StackMode, load_settings  # noqa: E402
 from streams.model import Op, new_entry  # noqa: E402
 from streams.namespaces import Namespace, load_namespace  # noqa: E402
-from streams.wiring import topic_specs  # noqa: E402
+from streams.ports import Durable  # noqa: E402
+from streams.worker.targets import topic_specs  # noqa: E402
 
 
 class BenchError(RuntimeError):
@@ -155,7 +157,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_serving(target: str, timeout_s: float = 60.0) -> None:
-    from streams.api.client import ApiError, WalClient
+    from streams.client.grpc import ApiError, WalClient
 
     deadline = time.monotonic() + timeout_s
     with WalClient(target, timeout_s=2) as client:
@@ -242,7 +244,7 @@ async def raw_closed(bootstrap: str, topic: str, values: Sequence[tuple[bytes, b
 
 def _requests(ns: Namespace, payload: bytes, count: int) -> list[bytes]:
     from streams.api import messages
-    from streams.api.client import write_request
+    from streams.client.grpc import write_request
 
     return [messages.encode_write_request(write_request(ns.name, f"api-{i}", "UPSERT", payload)) for i in range(count)]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import secrets
 import shutil
@@ -40,17 +39,15 @@ from connectors.kafka.admin import KafkaAdmin
 from connectors.kafka.producer import DurableProducer
 from connectors.local.errors import StackError
 from streams import topics
-from streams.agents.fanout import Applier, Batcher, FanoutProcessor, Record
-from streams.app import schedule_of
-from streams.breaker import Breaker
-from streams.codec import Codec
-from streams.dispatch import Dispatcher
+from streams.core.flood import FloodGuard
 from streams.metrics import Metrics
 from streams.model import Origin
 from streams.namespaces import Namespace, load_namespace
-from streams.payload import PayloadCodec
-from streams.routing import FloodGuard, Router
-from streams.wiring import Connections, apply_namespaces, build_sinks, cassandra_table, elasticsearch_index
+from streams.pipeline.apply import Record
+from streams.pipeline.batching import Batcher
+from streams.pipeline.build import build_applier
+from streams.pipeline.fanout import FanoutProcessor
+from streams.worker.targets import Connections, apply_namespaces, build_sinks
 
 BATCH_SIZE = 500  # the worker's default --batch-size
 BATCH_WITHIN_S = 0.05
@@ -62,16 +59,12 @@ async def run_core(
     """Push the records through the fan-out core; the clock starts after ``warmup`` records."""
     connections = Connections(endpoints)
     producer = DurableProducer(endpoints.kafka_bootstrap)
-    metrics, codec, schedule = Metrics(), Codec(), schedule_of(ns)
+    metrics = Metrics()
     failures: list[BaseException] = []
     try:
-        sinks = {name: Breaker(sink) for name, sink in build_sinks(ns, connections, producer).items()}
-        router = Router(
-            ns.name, tuple(ns.targets), schedule, producer, codec, metrics, FloodGuard(ns.name, len(records))
-        )
-        applier = Applier(
-            ns.name, Dispatcher(sinks, PayloadCodec(ns.payload).decode), router, producer, codec, metrics, schedule
-        )
+        # The worker's own builder, with a flood guard that never holds (every record may go to the DLQ).
+        guard = FloodGuard(ns.name, len(records), metrics)
+        applier = build_applier(ns, build_sinks(ns, connections, producer), producer, metrics, guard=guard)
         processor = FanoutProcessor(applier, {})
 
         async def process(batch: list[Record]) -> None:
@@ -114,9 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ns_file = tmp / f"{name}.yaml"
     ns_file.write_text(yaml.safe_dump(bp.namespace_document(name, suffix, args.partitions), sort_keys=False))
     ns = load_namespace(ns_file)
-    ctarget = cassandra_table(bp.CASSANDRA_TARGET, ns.targets[bp.CASSANDRA_TARGET])  # type: ignore[arg-type]
-    etarget = elasticsearch_index(bp.ES_TARGET, ns.targets[bp.ES_TARGET])  # type: ignore[arg-type]
-    raw_table = dataclasses.replace(ctarget, table="raw_items")
+    ctarget = ns.targets_of_type("cassandra")[bp.CASSANDRA_TARGET]
+    etarget = ns.targets_of_type("elasticsearch")[bp.ES_TARGET]
+    raw_table = ctarget.model_copy(update={"table": "raw_items"})
     admin = KafkaAdmin(endpoints.kafka_bootstrap)
     n, warmup = args.entries, BATCH_SIZE
     figures: dict[str, Any] = {"entries": n, "partitions": args.partitions, "depth": args.depth, "namespace": name}
@@ -139,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             await apply_namespaces([ns], endpoints)
             connections = Connections(endpoints)
             try:
-                await CassandraSink(connections.cassandra(), raw_table).ensure_schema()
+                await CassandraSink(connections.cassandra(), "raw", raw_table).ensure_schema()
             finally:
                 await connections.close()
 

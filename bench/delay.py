@@ -25,12 +25,12 @@ from confluent_kafka import Consumer
 
 from connectors.kafka.admin import KafkaAdmin
 from connectors.local.stack import LocalStack
+from streams.client.sdk import SyncWalWriter
 from streams.config import load_settings
+from streams.core.schedule import due_ms
 from streams.model import Op
 from streams.namespaces import load_namespace
-from streams.retry import due_ms
-from streams.sdk import SyncWalWriter
-from streams.wiring import apply_namespaces
+from streams.worker.targets import apply_namespaces
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def main() -> int:
     asyncio.run(apply_namespaces([ns], endpoints))
     env = {**os.environ, "WALSTREAM_NAMESPACE_DIR": str(workdir / "ns"), "WALSTREAM_DATA_DIR": str(workdir / "data")}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--namespaces", name],
+        [sys.executable, "-m", "streams", "worker", "--namespaces", name],
         cwd=REPO,
         env=env,
         stdout=(workdir / "worker.log").open("wb"),

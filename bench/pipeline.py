@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -62,16 +61,17 @@ from connectors.cassandra.sink import CassandraSink, new_cluster  # noqa: E402
 from connectors.elasticsearch.sink import ElasticsearchSink  # noqa: E402
 from connectors.endpoints import Endpoints  # noqa: E402
 from connectors.kafka.admin import KafkaAdmin, TopicSpec  # noqa: E402
-from connectors.kafka.producer import Durable, producer_config  # noqa: E402
+from connectors.kafka.config import producer_config  # noqa: E402
 from connectors.local.errors import StackError  # noqa: E402
 from streams import topics  # noqa: E402
+from streams.client.sdk import WalWriter  # noqa: E402
 from streams.codec import Codec  # noqa: E402
 from streams.config import ConfigError, StackMode, load_settings  # noqa: E402
 from streams.model import Op, new_entry  # noqa: E402
 from streams.namespaces import Namespace, load_namespace  # noqa: E402
 from streams.payload import PayloadCodec  # noqa: E402
-from streams.sdk import WalWriter  # noqa: E402
-from streams.wiring import Connections, apply_namespaces, cassandra_table, elasticsearch_index  # noqa: E402
+from streams.ports import Durable  # noqa: E402
+from streams.worker.targets import Connections, apply_namespaces  # noqa: E402
 
 STATUSES = ("new", "paid", "shipped", "cancelled")
 CASSANDRA_TARGET = "primary"
@@ -366,11 +366,11 @@ class WorkerProcess:
     ) -> None:
         self.namespace = namespace
         self.log = log
-        # `python -m streams.cli` is the `walstream` command; run it from this checkout (cwd and PYTHONPATH), so the
+        # `python -m streams` is the `walstream` command; run it from this checkout (cwd and PYTHONPATH), so the
         # worker runs the same code as the bench whichever tree the venv was installed from.
-        argv = [sys.executable, "-m", "streams.cli"]
+        argv = [sys.executable, "-m", "streams"]
         if profile is not None:  # cProfile writes the file when the worker exits on SIGTERM
-            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "streams.cli"]
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "streams"]
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -820,10 +820,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ns_file = ns_dir / f"{name}.yaml"
     ns_file.write_text(yaml.safe_dump(namespace_document(name, suffix, args.partitions), sort_keys=False))
     ns = load_namespace(ns_file)
-    ctarget = cassandra_table(CASSANDRA_TARGET, ns.targets[CASSANDRA_TARGET])  # type: ignore[arg-type]
-    etarget = elasticsearch_index(ES_TARGET, ns.targets[ES_TARGET])  # type: ignore[arg-type]
-    raw_table = dataclasses.replace(ctarget, table="raw_items")
-    raw_index = dataclasses.replace(etarget, index=f"{etarget.index}-raw")
+    ctarget = ns.targets_of_type("cassandra")[CASSANDRA_TARGET]
+    etarget = ns.targets_of_type("elasticsearch")[ES_TARGET]
+    raw_table = ctarget.model_copy(update={"table": "raw_items"})
+    raw_index = etarget.model_copy(update={"index": f"{etarget.index}-raw"})
     raw_topic = f"bench.{suffix}.raw"
     bootstrap = endpoints.kafka_bootstrap
     admin = KafkaAdmin(bootstrap)
@@ -859,8 +859,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             await apply_namespaces([ns], endpoints)
             connections = Connections(endpoints)
             try:
-                await CassandraSink(connections.cassandra(), raw_table).ensure_schema()
-                await ElasticsearchSink(connections.elasticsearch(), raw_index).ensure_schema()
+                await CassandraSink(connections.cassandra(), "raw", raw_table).ensure_schema()
+                await ElasticsearchSink(connections.elasticsearch(), "raw", raw_index).ensure_schema()
             finally:
                 await connections.close()
 

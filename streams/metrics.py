@@ -54,6 +54,13 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
             registry=r,
         )
+        #: Retry-tier partitions paused until their head entry is due.
+        self.retry_held = Gauge(
+            "walstream_retry_held_partitions",
+            "Retry-tier partitions held until their head is due",
+            ["namespace", "tier"],
+            registry=r,
+        )
         #: 1 while the flood guard holds the namespace (too many dead letters per minute).
         self.paused = Gauge(
             "walstream_namespace_paused", "Namespace held by the DLQ flood guard", ["namespace"], registry=r

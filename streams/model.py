@@ -13,6 +13,9 @@ from typing import Any
 _MAX_LONG = 2**63 - 1
 _MAX_INT = 2**31 - 1
 
+#: The Kafka header that carries a WAL record's entry id, so tools can find an entry without decoding it.
+ENTRY_ID_HEADER = "walstream-entry-id"
+
 
 class Op(StrEnum):
     """What an entry does to its key."""
@@ -295,11 +298,12 @@ class ChangeEvent:
         _require_int("ChangeEvent", "ts_ms", self.ts_ms)
 
     @classmethod
-    def for_entry(cls, entry: WalEntry, origin: Origin, ts_ms: int) -> ChangeEvent:
-        """The change event announcing that ``entry``, read at ``origin``, was applied."""
+    def for_entry(cls, entry: WalEntry, origin: Origin, ts_ms: int, op: ChangeOp | None = None) -> ChangeEvent:
+        """The change event announcing that ``entry``, read at ``origin``, was applied. ``op`` says what it did
+        to the key (c, u or d); by default d for a delete and u otherwise."""
         deleted = entry.op is Op.DELETE
         return cls(
-            op=ChangeOp.DELETE if deleted else ChangeOp.UPDATE,
+            op=op if op is not None else (ChangeOp.DELETE if deleted else ChangeOp.UPDATE),
             key=entry.key,
             after=None if deleted else entry.payload,
             source=Source(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cassandra import (
@@ -29,12 +28,12 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement, Statement
 
-from connectors.base import Op, Outcome, SinkWrite, WriteResult
+from streams.model import Op
+from streams.namespaces.spec import CassandraTarget
+from streams.ports import Outcome, SinkResult, SinkWrite
 
-_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-CQL_TYPES = frozenset({"text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"})
 _RETRYABLE = (OperationTimedOut, WriteTimeout, ReadTimeout, Unavailable, NoHostAvailable, WriteFailure, OSError)
-_APPLIED = WriteResult(Outcome.APPLIED)
+_APPLIED = SinkResult(Outcome.APPLIED)
 #: Statements per unlogged batch: Cassandra warns when one covers more than 10 partitions
 #: (unlogged_batch_across_partitions_warn_threshold).
 MAX_BATCH_STATEMENTS = 10
@@ -48,35 +47,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Column:
+class _Column:
+    """A mapped column as the sink binds it: its name, CQL type and the payload field that fills it."""
+
     name: str
     cql_type: str
-    field: str  # the payload field this column is filled from
-
-
-@dataclass(frozen=True, slots=True)
-class CassandraTarget:
-    """One table: the entity key goes to ``key_column``, payload fields to ``columns``."""
-
-    name: str
-    keyspace: str
-    table: str
-    key_column: str
-    columns: tuple[Column, ...]
-    replication_factor: int = 1
-    _idents: tuple[str, ...] = field(init=False, repr=False, default=())
-
-    def __post_init__(self) -> None:
-        for ident in (self.keyspace, self.table, self.key_column, *(c.name for c in self.columns)):
-            if not _IDENT.match(ident):
-                raise ValueError(f"target {self.name}: {ident!r} is not a valid Cassandra identifier")
-        for col in self.columns:
-            if col.cql_type not in CQL_TYPES:
-                raise ValueError(f"target {self.name}: column {col.name} has unsupported type {col.cql_type!r}")
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.keyspace}.{self.table}"
+    field: str
 
 
 def new_cluster(host: str, port: int, timeout: float = 10.0) -> Cluster:
@@ -109,12 +85,13 @@ class CassandraSink:
     def __init__(
         self,
         session: Session,
+        name: str,
         target: CassandraTarget,
         concurrency: int = 64,
         batch_statements: int = MAX_BATCH_STATEMENTS,
         batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
-        self.name = target.name
+        self.name = name
         self.target = target
         self._session = session
         self._limit = asyncio.Semaphore(concurrency)  # requests (batches or single statements) in flight
@@ -122,12 +99,14 @@ class CassandraSink:
         self._batch_bytes = batch_bytes
         self._statements: tuple[PreparedStatement, PreparedStatement] | None = None
         # Each column with the Python type a value may have to be bound as it is (no coercion needed).
-        self._columns = tuple((col, _EXACT_TYPES.get(col.cql_type)) for col in target.columns)
+        fields = target.column_fields()
+        self._mapped = tuple(_Column(name, spec.type, fields[name]) for name, spec in target.columns.items())
+        self._columns = tuple((col, _EXACT_TYPES.get(col.cql_type)) for col in self._mapped)
         self._preparing: asyncio.Lock | None = None
 
     async def ensure_schema(self) -> None:
         t = self.target
-        cols = ", ".join(f"{c.name} {c.cql_type}" for c in t.columns)
+        cols = ", ".join(f"{c.name} {c.cql_type}" for c in self._mapped)
         await self._run(
             f"CREATE KEYSPACE IF NOT EXISTS {t.keyspace} WITH replication = "
             f"{{'class': 'SimpleStrategy', 'replication_factor': {t.replication_factor}}}"
@@ -153,7 +132,7 @@ class CassandraSink:
 
     def _prepare_blocking(self) -> tuple[PreparedStatement, PreparedStatement]:
         t = self.target
-        names = [t.key_column, *(c.name for c in t.columns)]
+        names = [t.key_column, *(c.name for c in self._mapped)]
         marks = ", ".join("?" for _ in names)
         upsert = self._session.prepare(
             f"INSERT INTO {t.qualified} ({', '.join(names)}) VALUES ({marks}) USING TIMESTAMP ?"
@@ -161,11 +140,11 @@ class CassandraSink:
         delete = self._session.prepare(f"DELETE FROM {t.qualified} USING TIMESTAMP ? WHERE {t.key_column} = ?")
         return upsert, delete
 
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+    async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
         if not writes:
             return []
         upsert, delete = await self._prepared()
-        results: list[WriteResult] = [_APPLIED] * len(writes)
+        results: list[SinkResult] = [_APPLIED] * len(writes)
         # Statements grouped by the replicas of their partition, so each batch's coordinator owns all of it.
         groups: dict[Any, list[tuple[int, BoundStatement, int]]] = {}
         replicas = self._session.cluster.metadata.get_replicas
@@ -177,7 +156,7 @@ class CassandraSink:
                 else:
                     bound = upsert.bind((w.key, *self._row(w.document or {}), w.sequence))
             except (TypeError, ValueError, OverflowError, struct.error) as exc:
-                results[index] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                results[index] = SinkResult(Outcome.FATAL, f"{self.name}: {exc}")
                 continue
             values = bound.values
             size = _STATEMENT_OVERHEAD + _VALUE_OVERHEAD * len(values) + sum(map(len, filter(None, values)))
@@ -203,7 +182,7 @@ class CassandraSink:
             chunks.append(current)
         return chunks
 
-    async def _execute(self, request: list[tuple[int, BoundStatement, int]], results: list[WriteResult]) -> None:
+    async def _execute(self, request: list[tuple[int, BoundStatement, int]], results: list[SinkResult]) -> None:
         """Run one batch (or one statement) and record its outcome for each of its writes."""
         if len(request) == 1:
             statement: Statement = request[0][1]
@@ -218,16 +197,16 @@ class CassandraSink:
                 return
             except InvalidRequest as exc:
                 if len(request) == 1:
-                    results[request[0][0]] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                    results[request[0][0]] = SinkResult(Outcome.FATAL, f"{self.name}: {exc}")
                     return
                 failure = exc
             except _RETRYABLE as exc:
-                outcome = WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
+                outcome = SinkResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
                 for index, _, _ in request:
                     results[index] = outcome
                 return
             except Exception as exc:  # noqa: BLE001 - an unknown driver error is retried, never lost
-                outcome = WriteResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
+                outcome = SinkResult(Outcome.RETRYABLE, f"{self.name}: {type(exc).__name__}: {exc}")
                 for index, _, _ in request:
                     results[index] = outcome
                 return
@@ -259,7 +238,7 @@ _EXACT_TYPES: dict[str, type] = {
 }
 
 
-def _coerce(col: Column, value: Any) -> Any:
+def _coerce(col: _Column, value: Any) -> Any:
     kind = col.cql_type
     if kind == "text":
         return value if isinstance(value, str) else str(value)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -13,10 +11,10 @@ from elastic_transport import ConnectionTimeout
 from elasticsearch import AsyncElasticsearch, BadRequestError, TransportError
 from elasticsearch.serializer import JsonSerializer
 
-from connectors.base import Op, Outcome, SinkWrite, WriteResult
+from streams.model import Op
+from streams.namespaces.spec import ElasticsearchTarget
+from streams.ports import Outcome, SinkResult, SinkWrite
 
-_INDEX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,254}$")
-ES_TYPES = frozenset({"keyword", "text", "long", "integer", "double", "boolean", "date"})
 #: How long Elasticsearch remembers the version of a deleted document. A stale upsert that arrives later than
 #: this after its delete would bring the document back, so it is set to Cassandra's default gc_grace (10 days),
 #: which bounds the same risk on the primary store.
@@ -25,36 +23,18 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Only what the results need: the response of a large _bulk is otherwise mostly per-item metadata to parse.
 _BULK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 _EXTERNAL = ',"version_type":"external"}}'
-_APPLIED = WriteResult(Outcome.APPLIED)
-_STALE = WriteResult(Outcome.STALE)
+_APPLIED = SinkResult(Outcome.APPLIED)
+_STALE = SinkResult(Outcome.STALE)
 #: Encodes like the client's own serializer (dates, UUIDs, decimals, ...), with one reusable encoder.
 _ENCODER = json.JSONEncoder(default=JsonSerializer().default, ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass(frozen=True, slots=True)
-class ElasticsearchTarget:
-    """One index: the entity key is the document `_id`, the sequence its external version."""
-
-    name: str
-    index: str
-    fields: Mapping[str, str]  # payload field -> Elasticsearch type
-    shards: int = 1
-    replicas: int = 0
-
-    def __post_init__(self) -> None:
-        if not _INDEX.match(self.index):
-            raise ValueError(f"target {self.name}: {self.index!r} is not a valid index name")
-        for name, kind in self.fields.items():
-            if kind not in ES_TYPES:
-                raise ValueError(f"target {self.name}: field {name} has unsupported type {kind!r}")
 
 
 class ElasticsearchSink:
     """Delivery guarantee: idempotent and order-free. Index and delete both use `version_type=external` with the
     entry's sequence, so Elasticsearch itself refuses an older version; that refusal (409) counts as success."""
 
-    def __init__(self, client: AsyncElasticsearch, target: ElasticsearchTarget) -> None:
-        self.name = target.name
+    def __init__(self, client: AsyncElasticsearch, name: str, target: ElasticsearchTarget) -> None:
+        self.name = name
         self.target = target
         self._es = client
         self._action_head = f'{{"_index":{json.dumps(target.index)},"_id":'
@@ -80,8 +60,8 @@ class ElasticsearchSink:
             if exc.error != "resource_already_exists_exception":
                 raise
 
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
-        results: list[WriteResult] = [_APPLIED] * len(writes)
+    async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
+        results: list[SinkResult] = [_APPLIED] * len(writes)
         # The NDJSON body is written here as one string: the client sends it as it is, instead of encoding two
         # objects per write, each with a fresh JSON encoder.
         head = self._action_head
@@ -95,7 +75,7 @@ class ElasticsearchSink:
                 try:
                     document = encode(self._document(w.document or {}))
                 except (TypeError, ValueError) as exc:
-                    results[index] = WriteResult(Outcome.FATAL, f"{self.name}: {exc}")
+                    results[index] = SinkResult(Outcome.FATAL, f"{self.name}: {exc}")
                     continue
                 lines.append(f'{{"index":{head}{encode(w.key)},"version":{w.sequence}{_EXTERNAL}')
                 lines.append(document)
@@ -106,23 +86,23 @@ class ElasticsearchSink:
         try:
             response = await self._es.bulk(operations=cast(Any, "\n".join(lines)), filter_path=_BULK_FILTER)
         except (ConnectionTimeout, TransportConnectionError, TransportError) as exc:
-            return self._all(results, sent, WriteResult(Outcome.RETRYABLE, f"{self.name}: {exc}"))
+            return self._all(results, sent, SinkResult(Outcome.RETRYABLE, f"{self.name}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - an unknown client error is retried, never lost
             status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
             outcome = _status_outcome(status if isinstance(status, int) else 500)
-            return self._all(results, sent, WriteResult(outcome, f"{self.name}: {type(exc).__name__}: {exc}"))
+            return self._all(results, sent, SinkResult(outcome, f"{self.name}: {type(exc).__name__}: {exc}"))
         answer = response.body
         items = answer.get("items", ())
         if len(items) != len(sent):
             error = f"{self.name}: _bulk answered {len(items)} items for {len(sent)} operations"
-            return self._all(results, sent, WriteResult(Outcome.RETRYABLE, error))
+            return self._all(results, sent, SinkResult(Outcome.RETRYABLE, error))
         if answer.get("errors") is not False:  # else every item is 200/201 (indexed) or a 404 delete: applied
             for index, item in zip(sent, items, strict=True):
                 results[index] = self._item_result(item)
         return results
 
     @staticmethod
-    def _all(results: list[WriteResult], sent: list[int], result: WriteResult) -> list[WriteResult]:
+    def _all(results: list[SinkResult], sent: list[int], result: SinkResult) -> list[SinkResult]:
         for index in sent:
             results[index] = result
         return results
@@ -130,7 +110,7 @@ class ElasticsearchSink:
     def _document(self, document: Mapping[str, Any]) -> dict[str, Any]:
         return {name: document.get(name) for name in self.target.fields}
 
-    def _item_result(self, item: Mapping[str, Any]) -> WriteResult:
+    def _item_result(self, item: Mapping[str, Any]) -> SinkResult:
         ((op, body),) = item.items()
         status = int(body.get("status", 500))
         if status in (200, 201):
@@ -141,7 +121,7 @@ class ElasticsearchSink:
             return _APPLIED  # nothing to delete; the tombstone version is still recorded
         error = body.get("error", {})
         reason = f"{self.name}: {status} {error.get('type', '')}: {error.get('reason', '')}".strip()
-        return WriteResult(_status_outcome(status), reason)
+        return SinkResult(_status_outcome(status), reason)
 
     async def close(self) -> None:
         await self._es.close()

@@ -1,4 +1,4 @@
-"""Kafka topic administration: idempotent creation and the end offsets tests and tools compare."""
+"""Kafka topic administration: idempotent creation, end offsets, and how far a consumer group has come."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from connectors.kafka.config import admin_config, consumer_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +21,7 @@ class TopicSpec:
 class KafkaAdmin:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._admin = AdminClient(admin_config(bootstrap))
 
     def ensure_topics(self, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
         """Create the topics that do not exist yet; returns the names created. An existing topic with fewer
@@ -60,7 +62,7 @@ class KafkaAdmin:
 
     def end_offsets(self, topic: str, timeout: float = 10.0) -> dict[int, int]:
         """High watermark per partition (what a read_uncommitted reader could see)."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "walstream-offsets-probe"})
+        consumer = Consumer(consumer_config(self.bootstrap, "walstream-offsets-probe"))
         try:
             meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
             if meta.error is not None:
@@ -72,3 +74,36 @@ class KafkaAdmin:
             return marks
         finally:
             consumer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPosition:
+    """Where a consumer group stands on one topic: the sum of its committed offsets, and the records after them."""
+
+    committed: int
+    lag: int
+
+
+class GroupProbe:
+    """Reads a consumer group's committed offsets against a topic's end offsets, without joining the group.
+    Long-lived (one admin client and one consumer); ``close`` when done."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self._admin = AdminClient(admin_config(bootstrap))
+        self._probe = Consumer(consumer_config(bootstrap, group))
+
+    def position(self, topic: str, timeout: float = 5.0) -> GroupPosition:
+        meta = self._admin.list_topics(topic, timeout=timeout).topics[topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        committed = self._probe.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=timeout)
+        lag = total = 0
+        for tp in committed:
+            _low, high = self._probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
+            position = tp.offset if tp.offset >= 0 else 0
+            lag += max(high - position, 0)
+            total += position
+        return GroupPosition(total, lag)
+
+    def close(self) -> None:
+        self._probe.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from connectors.kafka.config import producer_config
+from streams.ports import Delivery, Durable, Headers
 
 #: Errors after which the record is certainly not in the log: the answer is FALSE, not UNKNOWN.
 _DEFINITELY_NOT_STORED = frozenset(
@@ -28,45 +29,9 @@ _DEFINITELY_NOT_STORED = frozenset(
 )
 
 
-class Durable(StrEnum):
-    TRUE = "TRUE"  # stored with acks=all
-    FALSE = "FALSE"  # definitely not stored; `message` says why
-    UNKNOWN = "UNKNOWN"  # a timeout: it may or may not be stored; retry with the same idempotency key
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    durable: Durable
-    message: str = ""
-    topic: str = ""
-    partition: int = -1
-    offset: int = -1
-
-
-def producer_config(bootstrap: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The one place the librdkafka producer dict is built."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "acks": "all",
-        "enable.idempotence": True,
-        "max.in.flight.requests.per.connection": 5,
-        # Same partition for the same key as the Java client and the stream workers (murmur2).
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        "batch.num.messages": 10000,
-        "compression.type": "lz4",
-        "delivery.timeout.ms": 30000,
-        # Topics are created by `namespaces apply`; a missing one is an error within seconds, not half a minute.
-        "topic.metadata.propagation.max.ms": 5000,
-        "queue.buffering.max.messages": 200000,
-        "queue.buffering.max.kbytes": 262144,
-    }
-    config.update(overrides or {})
-    return config
-
-
 class DurableProducer:
-    """Wraps one librdkafka producer; a background thread serves delivery reports into the event loop."""
+    """The ``streams.ports.Producer`` on one librdkafka producer; a background thread serves delivery reports
+    into the event loop."""
 
     def __init__(self, bootstrap: str, overrides: Mapping[str, Any] | None = None) -> None:
         self._producer = Producer(producer_config(bootstrap, overrides))
@@ -83,7 +48,7 @@ class DurableProducer:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
         partition: int | None = None,
     ) -> Delivery:
         """Send one record and wait for its durable answer."""
@@ -94,7 +59,7 @@ class DurableProducer:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
         partition: int | None = None,
     ) -> asyncio.Future[Delivery]:
         """Enqueue and return the future, so many sends can be awaited together."""

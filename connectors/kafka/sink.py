@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from connectors.base import Op, Outcome, SinkWrite, WriteResult
-from connectors.kafka.producer import Durable, DurableProducer
+from streams.model import Op
+from streams.ports import Durable, Outcome, Producer, SinkResult, SinkWrite
 
 
 class KafkaTopicSink:
     """Delivery guarantee: at least once. A topic has no versions, so a retried or replayed entry can be
     delivered again; consumers of the topic de-duplicate by key and the `walstream-sequence` header."""
 
-    def __init__(self, name: str, topic: str, producer: DurableProducer) -> None:
+    def __init__(self, name: str, topic: str, producer: Producer) -> None:
         self.name = name
         self.topic = topic
         self._producer = producer
@@ -21,7 +21,7 @@ class KafkaTopicSink:
     async def ensure_schema(self) -> None:
         return None  # topics are created by `namespaces apply`
 
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+    async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
         futures = [
             self._producer.send_nowait(
                 self.topic,
@@ -34,11 +34,11 @@ class KafkaTopicSink:
         results = []
         for delivery in await asyncio.gather(*futures):
             if delivery.durable is Durable.TRUE:
-                results.append(WriteResult(Outcome.APPLIED))
+                results.append(SinkResult(Outcome.APPLIED))
             elif delivery.durable is Durable.FALSE:
-                results.append(WriteResult(Outcome.FATAL, f"{self.name}: {delivery.message}"))
+                results.append(SinkResult(Outcome.FATAL, f"{self.name}: {delivery.message}"))
             else:
-                results.append(WriteResult(Outcome.RETRYABLE, f"{self.name}: {delivery.message}"))
+                results.append(SinkResult(Outcome.RETRYABLE, f"{self.name}: {delivery.message}"))
         return results
 
     async def close(self) -> None:

@@ -1,1 +1,1 @@
-"""The gRPC write API (WriteToLog, WriteBatch, BulkDelete): server, service and client helpers."""
+"""The gRPC write API (WriteToLog, WriteBatch, BulkDelete): the server, its service, messages and checks."""

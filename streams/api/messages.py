@@ -8,9 +8,9 @@ from typing import Any
 from google.protobuf.message import DecodeError as _ProtoDecodeError
 from google.protobuf.message import EncodeError as _ProtoEncodeError
 
-from connectors.kafka.producer import Durable
 from streams.api.codegen import load_wal_messages
 from streams.model import Op
+from streams.ports import Delivery, Durable
 
 #: The generated message classes; typed loosely because they are generated at build time, not committed.
 _pb: Any = load_wal_messages()
@@ -70,15 +70,6 @@ class WriteRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class WriteResponse:
-    durable: Durable
-    message: str = ""
-    entry_id: str = ""
-    partition: int = -1
-    offset: int = -1
-
-
-@dataclass(frozen=True, slots=True)
 class BatchEntrySpec:
     """One entry of a WriteBatch request, not validated yet."""
 
@@ -100,9 +91,15 @@ class BatchRequest:
 
 @dataclass(frozen=True, slots=True)
 class EntryAck:
+    """Where one entry of a batch landed (partition -1 when it was not stored)."""
+
     entry_id: str
     partition: int = -1
     offset: int = -1
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> EntryAck:
+        return cls(delivery.entry_id, delivery.partition, delivery.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +203,8 @@ def encode_write_request(request: WriteRequest) -> bytes:
     return _serialize(m)
 
 
-def encode_write_response(response: WriteResponse) -> bytes:
+def encode_write_response(response: Delivery) -> bytes:
+    """The wire form of a write's durable answer (WriteToLogResponse)."""
     return _serialize(
         _pb.WriteToLogResponse(
             durable=_DURABLE_CODES[response.durable],
@@ -218,9 +216,9 @@ def encode_write_response(response: WriteResponse) -> bytes:
     )
 
 
-def decode_write_response(data: bytes) -> WriteResponse:
+def decode_write_response(data: bytes) -> Delivery:
     m = _parse(_pb.WriteToLogResponse, data)
-    return WriteResponse(_durable_from(m.durable), m.message, m.entry_id, m.partition, m.offset)
+    return Delivery(_durable_from(m.durable), m.message, partition=m.partition, offset=m.offset, entry_id=m.entry_id)
 
 
 def decode_batch_request(data: bytes) -> BatchRequest:

@@ -19,10 +19,9 @@ from grpc_reflection.v1alpha import reflection
 from streams.api import messages
 from streams.api.auth import TokenRegistry, load_tokens
 from streams.api.service import ServiceOptions, WalService
-from streams.api.transactions import TransactionalWriter
 from streams.api.validation import Limits
+from streams.client.sdk import AtomicWalWriter, WalWriter
 from streams.namespaces import Namespace
-from streams.sdk import WalWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class ServerOptions:
     #: The largest request accepted (gRPC refuses a bigger one with RESOURCE_EXHAUSTED before any handler runs).
     max_message_bytes: int = 8 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
-    #: librdkafka settings on top of connectors.kafka.producer.producer_config (tests use it to force timeouts).
+    #: librdkafka settings on top of connectors.kafka.config.producer_config (tests use it to force timeouts).
     producer_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -70,7 +69,7 @@ class RunningServer:
         service: WalService,
         health: health_aio.HealthServicer,
         writer: WalWriter,
-        batches: TransactionalWriter,
+        batches: AtomicWalWriter,
         grace_s: float,
     ) -> None:
         self.server = server
@@ -111,7 +110,7 @@ async def start_server(bootstrap: str, namespaces: Mapping[str, Namespace], opti
     """Build the service and start listening; the caller owns the returned server and must ``stop`` it."""
     tokens = load_tokens(options.tokens_file) if options.tokens_file is not None else TokenRegistry()
     writer = WalWriter(bootstrap, namespaces, producer_overrides=options.producer_overrides)
-    batches = TransactionalWriter(
+    batches = AtomicWalWriter(
         bootstrap,
         size=options.transactional_producers,
         transactional_id_prefix=options.transactional_id_prefix,

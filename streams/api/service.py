@@ -7,13 +7,12 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from connectors.kafka.producer import Durable
 from streams.api import messages
 from streams.api.auth import Caller, TokenRegistry, authorize
 from streams.api.idempotency import Attempt, IdempotencyCache
@@ -25,15 +24,13 @@ from streams.api.messages import (
     EntryAck,
     MalformedMessage,
     WriteRequest,
-    WriteResponse,
 )
 from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
-from streams.api.transactions import BatchFault, TransactionalWriter
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
 from streams.model import BatchInfo, WalEntry
 from streams.namespaces import Namespace
-from streams.sdk import WalWriter
+from streams.ports import Delivery, Durable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +52,25 @@ class ServiceOptions:
     limits: Limits = field(default_factory=Limits)
 
 
+#: Called after each entry of a batch is handed to the producer, with its index; raising aborts the batch.
+BatchFault = Callable[[int], None]
+
+
+class EntryWriter(Protocol):
+    """Writes one entry to its namespace's log and answers durably (the SDK's WalWriter)."""
+
+    async def write_entry(self, entry: WalEntry) -> Delivery: ...
+
+
+class BatchWriter(Protocol):
+    """Writes entries atomically, all or none (the SDK's AtomicWalWriter): the batch's answer and, when it is
+    TRUE, where each entry landed."""
+
+    async def write_batch(
+        self, entries: Sequence[WalEntry], fault: BatchFault | None = None
+    ) -> tuple[Delivery, tuple[Delivery, ...]]: ...
+
+
 def _now_us() -> int:
     return time.time_ns() // 1_000
 
@@ -64,7 +80,7 @@ def _fingerprint(request: Any) -> str:
     return hashlib.sha256(repr(replace(request, idempotency_key="")).encode()).hexdigest()
 
 
-def _settled(response: WriteResponse | BatchResponse | BulkDeleteResponse) -> bool:
+def _settled(response: Delivery | BatchResponse | BulkDeleteResponse) -> bool:
     return response.durable is Durable.TRUE
 
 
@@ -74,8 +90,8 @@ class WalService:
     def __init__(
         self,
         namespaces: Mapping[str, Namespace],
-        writer: WalWriter,
-        batches: TransactionalWriter,
+        writer: EntryWriter,
+        batches: BatchWriter,
         tokens: TokenRegistry | None = None,
         options: ServiceOptions | None = None,
     ) -> None:
@@ -86,7 +102,7 @@ class WalService:
         self._tokens = tokens or TokenRegistry()
         self.limiter = InFlightLimiter(self.options.max_in_flight)
         ttl, size = self.options.idempotency_ttl_s, self.options.idempotency_max_keys
-        self._writes: IdempotencyCache[WriteResponse] = IdempotencyCache(ttl, size, _settled)
+        self._writes: IdempotencyCache[Delivery] = IdempotencyCache(ttl, size, _settled)
         self._batch_answers: IdempotencyCache[BatchResponse] = IdempotencyCache(ttl, size, _settled)
         self._bulk_answers: IdempotencyCache[BulkDeleteResponse] = IdempotencyCache(ttl, size, _settled)
         # Test hooks, set on the object only (never reachable from the network):
@@ -166,7 +182,7 @@ class WalService:
 
     # -- WriteToLog --------------------------------------------------------------------------------------------------
 
-    async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> WriteResponse:
+    async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> Delivery:
         ns = self._validator.namespace(request.namespace)
         authorize(ns, caller)
         now = _now_us()
@@ -174,7 +190,7 @@ class WalService:
         key = request.idempotency_key
         scope = self._scope("WriteToLog", ns, caller, key) if key else ""
 
-        async def attempt(write_time_us: int) -> WriteResponse:
+        async def attempt(write_time_us: int) -> Delivery:
             entry = build_entry(
                 ns.name,
                 valid,
@@ -191,18 +207,18 @@ class WalService:
             return await attempt(write_time)
         return await self._writes.run(scope, Attempt(write_time, _fingerprint(request)), attempt)
 
-    async def _write_one(self, entry: WalEntry) -> WriteResponse:
+    async def _write_one(self, entry: WalEntry) -> Delivery:
         try:
             async with asyncio.timeout(self.options.ack_timeout_s):  # no extra task per call, unlike wait_for
                 result = await self._writer.write_entry(entry)
         except TimeoutError:
-            return WriteResponse(
+            return Delivery(
                 Durable.UNKNOWN,
                 f"no acknowledgement from Kafka within {self.options.ack_timeout_s:g}s; retry with the same "
                 "idempotency key",
-                entry.entry_id,
+                entry_id=entry.entry_id,
             )
-        return WriteResponse(result.durable, result.message, result.entry_id, result.partition, result.offset)
+        return result
 
     # -- WriteBatch --------------------------------------------------------------------------------------------------
 
@@ -231,9 +247,9 @@ class WalService:
                 for index, write in enumerate(valid)
             ]
             await self._hold()
-            outcome = await self._batches.write(entries, self.batch_fault)
-            acks = tuple(EntryAck(p.entry_id, p.partition, p.offset) for p in outcome.placed)
-            return BatchResponse(outcome.durable, outcome.message, batch_id, acks)
+            verdict, placed = await self._batches.write_batch(entries, self.batch_fault)
+            acks = tuple(EntryAck.of(p) for p in placed)
+            return BatchResponse(verdict.durable, verdict.message, batch_id, acks)
 
         chosen = write_time or now
         if not key:
@@ -259,7 +275,7 @@ class WalService:
             await self._hold()
             answers = await asyncio.gather(*(self._write_one(entry) for entry in entries))
             stored = sum(1 for a in answers if a.durable is Durable.TRUE)
-            acks = tuple(EntryAck(a.entry_id, a.partition, a.offset) for a in answers)
+            acks = tuple(EntryAck.of(a) for a in answers)
             if stored == len(answers):
                 return BulkDeleteResponse(Durable.TRUE, "", acks, stored)
             first_problem = next(a.message for a in answers if a.durable is not Durable.TRUE)

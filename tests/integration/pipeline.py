@@ -24,7 +24,7 @@ from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from streams.model import Op, WalEntry
 from streams.namespaces import Namespace, load_namespace
-from streams.wiring import apply_namespaces
+from streams.worker.targets import apply_namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,7 +119,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "streams.cli",
+                    "streams",
                     "worker",
                     "--namespaces",
                     self.ns.name,

@@ -10,12 +10,12 @@ import grpc
 import pytest
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
-from streams.api.client import ApiError, WalClient
+from connectors.kafka.transactions import fail_after
 from streams.api.messages import BatchEntrySpec, BatchRequest, BulkDeleteRequest, LifecycleSpec
-from streams.api.transactions import fail_after
+from streams.client.grpc import ApiError, WalClient
 from streams.model import Op
 from streams.namespaces import Namespace
+from streams.ports import Durable
 from tests.integration.test_api_harness import (
     ApiHarness,
     drop_created_topics,  # noqa: F401 - an autouse fixture

@@ -10,12 +10,12 @@ from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
-from streams.api.client import WalClient, write_request
+from connectors.kafka.transactions import fail_after
 from streams.api.messages import BatchEntrySpec, BatchRequest, BulkDeleteRequest
-from streams.api.transactions import fail_after
+from streams.client.grpc import WalClient, write_request
+from streams.client.sdk import SyncWalWriter
 from streams.model import Op
-from streams.sdk import SyncWalWriter
+from streams.ports import Durable
 from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_namespace, es_docs, wait_until
 from tests.integration.test_api_harness import running_api
 

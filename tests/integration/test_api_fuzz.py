@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
 from streams.api import messages
-from streams.api.client import ApiError, WalClient
-from streams.api.messages import BatchEntrySpec, BatchRequest, BatchResponse, LifecycleSpec, WriteRequest, WriteResponse
+from streams.api.messages import BatchEntrySpec, BatchRequest, BatchResponse, LifecycleSpec, WriteRequest
+from streams.client.grpc import ApiError, WalClient
 from streams.namespaces import Namespace
+from streams.ports import Delivery, Durable
 from tests.integration.test_api_harness import (
     ApiHarness,
     drop_created_topics,  # noqa: F401 - an autouse fixture
@@ -48,7 +48,7 @@ class Fuzz:
     locked: Namespace
     clients: dict[str | None, WalClient]
     #: (namespace, identity, idempotency key) -> the first answer, to tell retries from new writes.
-    answers: dict[tuple[str, str | None, str], WriteResponse] = field(default_factory=dict)
+    answers: dict[tuple[str, str | None, str], Delivery] = field(default_factory=dict)
     batch_answers: dict[tuple[str, str | None, str], BatchResponse] = field(default_factory=dict)
 
     def offsets(self) -> dict[str, dict[int, int]]:

@@ -23,7 +23,7 @@ from streams.api.service import WalService
 from streams.codec import Codec
 from streams.model import WalEntry
 from streams.namespaces import Namespace, load_namespace
-from streams.wiring import topic_specs
+from streams.worker.targets import topic_specs
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
-from streams.api.client import ApiError, WalClient, write_request
+from streams.client.grpc import ApiError, WalClient, write_request
 from streams.namespaces import Namespace
+from streams.ports import Durable
 from tests.integration.test_api_harness import (
     ApiHarness,
     drop_created_topics,  # noqa: F401 - an autouse fixture
@@ -179,7 +179,7 @@ def test_shutdown_drains_calls_in_flight_and_flushes(endpoints: Endpoints, names
 
 
 def test_async_client_with_retry_helper(api: ApiHarness, namespace: Namespace, endpoints: Endpoints) -> None:
-    from streams.api.client import AsyncWalClient, with_idempotency_key
+    from streams.client.grpc import AsyncWalClient, with_idempotency_key
 
     async def scenario() -> list[Durable]:
         async with AsyncWalClient(api.target) as client:

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
-from streams.api.client import ApiError, ClientTls, WalClient, write_request
 from streams.api.server import TlsFiles
+from streams.client.grpc import ApiError, ClientTls, WalClient, write_request
+from streams.ports import Durable
 from tests.integration.test_api_harness import (
     drop_created_topics,  # noqa: F401 - an autouse fixture
     running_api,

@@ -13,12 +13,12 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable
 from streams.api import messages
-from streams.api.client import ApiError, WalClient, write_request
 from streams.api.messages import LifecycleSpec, WriteRequest
+from streams.client.grpc import ApiError, WalClient, write_request
 from streams.model import Op
 from streams.namespaces import Namespace
+from streams.ports import Durable
 from tests.integration.test_api_harness import (
     AVRO_SCHEMA,
     ApiHarness,

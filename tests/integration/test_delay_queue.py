@@ -12,9 +12,9 @@ from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
+from streams.client.sdk import SyncWalWriter
+from streams.core.schedule import due_ms
 from streams.model import Op
-from streams.retry import due_ms
-from streams.sdk import SyncWalWriter
 from tests.integration.pipeline import WorkerProcess, create_namespace
 
 pytestmark = pytest.mark.integration

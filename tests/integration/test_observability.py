@@ -15,8 +15,8 @@ from elasticsearch import Elasticsearch
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from streams import topics
+from streams.client.sdk import SyncWalWriter
 from streams.model import Op
-from streams.sdk import SyncWalWriter
 from tests.integration.pipeline import WorkerProcess, cassandra_rows, create_namespace, free_port, wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
 from streams import topics
+from streams.client.sdk import SyncWalWriter
 from streams.codec import Codec
 from streams.model import Op, WalEntry
-from streams.produce import read_cdc
-from streams.sdk import SyncWalWriter
+from streams.tools.cdc import read_cdc
 from tests.integration.pipeline import (
     ScratchNamespace,
     WorkerProcess,
@@ -203,7 +203,7 @@ def test_cdc_tail_prints_change_events(live: tuple[ScratchNamespace, WorkerProce
     env_cmd = [
         sys.executable,
         "-m",
-        "streams.cli",
+        "streams",
         "cdc",
         "tail",
         ns.name,

@@ -14,10 +14,12 @@ from elasticsearch import AsyncElasticsearch, Elasticsearch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.base import Op, Outcome, SinkWrite
-from connectors.cassandra.sink import CassandraSink, CassandraTarget, Column, new_cluster
-from connectors.elasticsearch.sink import ElasticsearchSink, ElasticsearchTarget
+from connectors.cassandra.sink import CassandraSink, new_cluster
+from connectors.elasticsearch.sink import ElasticsearchSink
 from connectors.endpoints import Endpoints
+from streams.model import Op
+from streams.namespaces.spec import CassandraTarget, ElasticsearchTarget
+from streams.ports import Outcome, SinkWrite
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +37,30 @@ class Sinks:
 @pytest.fixture(scope="module")
 def sinks(endpoints: Endpoints) -> Iterator[Sinks]:
     suffix = random.randbytes(5).hex()
-    ctarget = CassandraTarget(
-        name="primary",
-        keyspace=f"conv_{suffix}",
-        table="items",
-        key_column="id",
-        columns=(Column("color", "text", "color"), Column("qty", "bigint", "qty")),
+    ctarget = CassandraTarget.model_validate(
+        {
+            "type": "cassandra",
+            "keyspace": f"conv_{suffix}",
+            "table": "items",
+            "key_column": "id",
+            "columns": {"color": {"type": "text"}, "qty": {"type": "bigint"}},
+        }
     )
-    etarget = ElasticsearchTarget(name="search", index=f"conv-{suffix}", fields={"color": "keyword", "qty": "long"})
+    etarget = ElasticsearchTarget.model_validate(
+        {"type": "elasticsearch", "index": f"conv-{suffix}", "fields": {"color": "keyword", "qty": "long"}}
+    )
     cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
     session = cluster.connect()
     es_sync = Elasticsearch(endpoints.elasticsearch_url)
     loop = asyncio.new_event_loop()
     es_async = AsyncElasticsearch(endpoints.elasticsearch_url)
     built = Sinks(
-        CassandraSink(session, ctarget), ElasticsearchSink(es_async, etarget), session, es_sync, ctarget, etarget
+        CassandraSink(session, "primary", ctarget),
+        ElasticsearchSink(es_async, "search", etarget),
+        session,
+        es_sync,
+        ctarget,
+        etarget,
     )
     loop.run_until_complete(built.cassandra.ensure_schema())
     loop.run_until_complete(built.elasticsearch.ensure_schema())

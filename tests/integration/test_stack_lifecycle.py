@@ -67,7 +67,7 @@ def test_status_reports_every_service_healthy(local: LocalStackSettings, endpoin
 
 def test_cli_status_prints_the_stack(local: LocalStackSettings, endpoints: Endpoints) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "stack", "status"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "streams", "stack", "status"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     for name in SERVICE_NAMES:
@@ -108,7 +108,7 @@ def test_cli_reports_a_taken_port_without_a_traceback(local: LocalStackSettings,
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         out = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "stack", "up", "kafka"],
+            [sys.executable, "-m", "streams", "stack", "up", "kafka"],
             capture_output=True,
             text=True,
             env=env,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka.producer import Durable
 from streams.api import codegen, messages
 from streams.api.messages import (
     BatchEntrySpec,
@@ -20,10 +19,10 @@ from streams.api.messages import (
     LifecycleSpec,
     MalformedMessage,
     WriteRequest,
-    WriteResponse,
 )
 from streams.api.shedding import InFlightLimiter
 from streams.model import Op
+from streams.ports import Delivery, Durable
 
 
 def test_write_request_round_trip_keeps_an_unset_sequence_apart_from_zero() -> None:
@@ -49,7 +48,7 @@ def test_batch_and_bulk_round_trips() -> None:
 
 
 def test_responses_round_trip() -> None:
-    write = WriteResponse(Durable.UNKNOWN, "timeout", "e", 2, 40)
+    write = Delivery(Durable.UNKNOWN, "timeout", partition=2, offset=40, entry_id="e")
     assert messages.decode_write_response(messages.encode_write_response(write)) == write
     acks = (EntryAck("a", 0, 1), EntryAck("b", 1, 7))
     batch = BatchResponse(Durable.TRUE, "", "bid", acks)

@@ -6,40 +6,12 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-from connectors.base import Op, Outcome, SinkWrite, WriteResult
-from streams.breaker import Breaker
-from streams.dispatch import Dispatcher, KeyState
-from streams.model import ChangeOp, WalEntry, new_entry
-from streams.routing import FloodGuard, FloodGuardTripped
-
-
-class MemorySink:
-    """Versioned like the real sinks; can be told to fail."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.rows: dict[str, tuple[int, object]] = {}
-        self.writes = 0
-        self.fail: Outcome | None = None
-
-    async def ensure_schema(self) -> None: ...
-
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
-        out = []
-        for w in writes:
-            self.writes += 1
-            if self.fail is not None:
-                out.append(WriteResult(self.fail, f"{self.name} failed"))
-                continue
-            held = self.rows.get(w.key)
-            if held and held[0] >= w.sequence:
-                out.append(WriteResult(Outcome.STALE))
-                continue
-            self.rows[w.key] = (w.sequence, None if w.op is Op.DELETE else w.document)
-            out.append(WriteResult(Outcome.APPLIED))
-        return out
-
-    async def close(self) -> None: ...
+from streams.core.breaker import Breaker
+from streams.core.dispatch import Dispatcher, KeyState
+from streams.core.flood import FloodGuard, FloodGuardTripped
+from streams.model import ChangeOp, Op, WalEntry, new_entry
+from streams.ports import Outcome, SinkResult, SinkWrite
+from tests.unit.fakes import MemorySink
 
 
 def _entry(key: str, seq: int, op: Op = Op.UPSERT, **kw: object) -> WalEntry:
@@ -94,7 +66,7 @@ def test_bad_payload_and_unknown_target_are_fatal() -> None:
 
 def test_a_sink_that_raises_is_retryable_not_fatal() -> None:
     class Exploding(MemorySink):
-        async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+        async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
             raise ConnectionError("boom")
 
     d = Dispatcher({"a": Exploding("a")}, lambda raw: json.loads(raw))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.liveness import Progress, assess
+from streams.worker.liveness import Progress, assess
 
 
 def test_waiting_input_with_frozen_commits_is_a_stall_after_the_limit() -> None:

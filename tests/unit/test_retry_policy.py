@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.core.schedule import RetrySchedule, due_ms, jitter_ms
 from streams.model import Op, new_entry
-from streams.retry import RetrySchedule, due_ms, jitter_ms
 
 TIERS = (1_000, 10_000, 60_000, 600_000)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from connectors.base import Op, Outcome, SinkWrite, WriteResult
-from streams.throttle import DeletePacer, Throttled
+from streams.core.throttle import DeletePacer, Throttled
+from streams.model import Op
+from streams.ports import Outcome, SinkResult, SinkWrite
 
 
 def test_slots_are_spaced_at_the_rate() -> None:
@@ -27,9 +28,9 @@ def test_throttled_sink_writes_deletes_in_paced_steps() -> None:
 
         async def ensure_schema(self) -> None: ...
 
-        async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+        async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
             self.calls.append(len(writes))
-            return [WriteResult(Outcome.APPLIED)] * len(writes)
+            return [SinkResult(Outcome.APPLIED)] * len(writes)
 
         async def close(self) -> None: ...
 
@@ -54,8 +55,8 @@ def test_upserts_alone_are_not_paced() -> None:
 
         async def ensure_schema(self) -> None: ...
 
-        async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
-            return [WriteResult(Outcome.APPLIED)] * len(writes)
+        async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
+            return [SinkResult(Outcome.APPLIED)] * len(writes)
 
         async def close(self) -> None: ...
 

@@ -3,70 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-from connectors.kafka.producer import Delivery
 from streams import topics
 from streams.codec import Codec, DecodeError
-from streams.dispatch import EntryOutcome
+from streams.core.dispatch import EntryOutcome
+from streams.core.flood import FloodGuard
+from streams.core.schedule import Hop, RetrySchedule
 from streams.metrics import Metrics
 from streams.model import DeadLetter, ErrorClass, Origin, RetryEnvelope, WalEntry
-from streams.retry import Hop, RetrySchedule
+from streams.ports import Delivery, Producer
 from streams.tracing import kafka_trace_headers
-
-log = logging.getLogger(__name__)
-
-
-class Sender(Protocol):
-    def send_nowait(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[Delivery]: ...
-
-
-class FloodGuardTripped(RuntimeError):
-    """More dead letters than the namespace allows per minute: hold the stream instead of draining it."""
-
-
-class FloodGuard:
-    """Counts dead letters over the last minute; `admit(n)` refuses when n more would pass the limit."""
-
-    def __init__(self, namespace: str, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.namespace = namespace
-        self.per_minute = per_minute
-        self._clock = clock
-        self._times: collections.deque[float] = collections.deque()
-
-    def admit(self, count: int) -> None:
-        if count <= 0:
-            return
-        now = self._clock()
-        while self._times and self._times[0] <= now - 60:
-            self._times.popleft()
-        # A batch larger than the whole limit is let through only into an empty window, so it cannot wait forever.
-        if len(self._times) + count > self.per_minute and self._times:
-            raise FloodGuardTripped(
-                f"namespace {self.namespace}: {len(self._times) + count} dead letters within a minute would pass "
-                f"the limit of {self.per_minute} (retry.dlq_max_per_minute); holding the stream"
-            )
-        self._times.extend([now] * count)
 
 
 class Router:
+    """Builds and sends the retry envelope or dead letter of an entry that was not applied, and the tier hop of a
+    delayed entry; each send returns the future of its durable answer."""
+
     def __init__(
         self,
         namespace: str,
         all_targets: Sequence[str],
         schedule: RetrySchedule,
-        producer: Sender,
+        producer: Producer,
         codec: Codec,
         metrics: Metrics,
         guard: FloodGuard,

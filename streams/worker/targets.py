@@ -1,4 +1,4 @@
-"""Builds the connectors a namespace needs and creates its topics, tables and indices."""
+"""The sinks of a namespace's targets on driver sessions shared by the process, and `namespaces apply`."""
 
 from __future__ import annotations
 
@@ -9,35 +9,15 @@ from typing import Any
 from cassandra.cluster import Cluster, Session
 from elasticsearch import AsyncElasticsearch
 
-from connectors.base import Sink
-from connectors.cassandra.sink import CassandraSink, Column, new_cluster
-from connectors.cassandra.sink import CassandraTarget as CassandraTable
+from connectors.cassandra.sink import CassandraSink, new_cluster
 from connectors.elasticsearch.sink import ElasticsearchSink
-from connectors.elasticsearch.sink import ElasticsearchTarget as ElasticsearchIndex
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin, TopicSpec
-from connectors.kafka.producer import DurableProducer
 from connectors.kafka.sink import KafkaTopicSink
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
+from streams.ports import Producer, Sink
 
 Progress = Callable[[str], None]
-
-
-def cassandra_table(name: str, target: CassandraTarget) -> CassandraTable:
-    return CassandraTable(
-        name=name,
-        keyspace=target.keyspace,
-        table=target.table,
-        key_column=target.key_column,
-        columns=tuple(Column(col, spec.type, spec.field or col) for col, spec in target.columns.items()),
-        replication_factor=target.replication_factor,
-    )
-
-
-def elasticsearch_index(name: str, target: ElasticsearchTarget) -> ElasticsearchIndex:
-    return ElasticsearchIndex(
-        name=name, index=target.index, fields=dict(target.fields), shards=target.shards, replicas=target.replicas
-    )
 
 
 @dataclass
@@ -75,16 +55,14 @@ class Connections:
             self.cluster = self.session = None
 
 
-def build_sinks(
-    namespace: Namespace, connections: Connections, producer: DurableProducer | None = None
-) -> dict[str, Sink]:
+def build_sinks(namespace: Namespace, connections: Connections, producer: Producer | None = None) -> dict[str, Sink]:
     """One sink per target of the namespace; Kafka topic targets need ``producer``."""
     sinks: dict[str, Sink] = {}
     for name, target in namespace.targets.items():
         if isinstance(target, CassandraTarget):
-            sinks[name] = CassandraSink(connections.cassandra(), cassandra_table(name, target))
+            sinks[name] = CassandraSink(connections.cassandra(), name, target)
         elif isinstance(target, ElasticsearchTarget):
-            sinks[name] = ElasticsearchSink(connections.elasticsearch(), elasticsearch_index(name, target))
+            sinks[name] = ElasticsearchSink(connections.elasticsearch(), name, target)
         elif producer is not None:
             sinks[name] = KafkaTopicSink(name, target.topic, producer)
     return sinks

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
 from connectors.endpoints import Endpoints
-from connectors.kafka.producer import Durable, DurableProducer
+from connectors.kafka.consumer import MissingTopic, read_to_end
+from connectors.kafka.producer import DurableProducer
 from streams import topics
 from streams.codec import Codec, DecodeError
-from streams.model import DeadLetter
+from streams.model import ENTRY_ID_HEADER, DeadLetter
+from streams.ports import Durable
 from streams.progress import Progress
-from streams.sdk import ENTRY_ID_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,51 +65,14 @@ def read_letters(endpoints: Endpoints, namespace: str, codec: Codec | None = Non
     """Every record of the DLQ from the start up to its current end; a record that does not decode is a str."""
     codec = codec or Codec()
     topic = topics.dlq_topic(namespace)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": endpoints.kafka_bootstrap,
-            "group.id": f"walstream-dlq-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        if meta.error is not None:
-            raise ValueError(f"namespace {namespace!r} has no dead-letter topic {topic}: {meta.error}")
-        ends = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining = dict(ends)
-        idle = 0
-        while remaining and idle < 30:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                idle += 1
-                continue
-            idle = 0
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    remaining.pop(msg.partition() or 0, None)
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset >= ends.get(partition, 0):
-                remaining.pop(partition, None)
-                continue
+        for record in read_to_end(endpoints.kafka_bootstrap, topic):
             try:
-                yield Letter(partition, offset, codec.decode_dead_letter(msg.value() or b""))
+                yield Letter(record.partition, record.offset, codec.decode_dead_letter(record.value))
             except DecodeError as exc:
-                yield f"partition {partition} offset {offset}: not a dead letter ({exc})"
-            if offset + 1 >= ends[partition]:
-                remaining.pop(partition, None)
-    finally:
-        consumer.close()
+                yield f"partition {record.partition} offset {record.offset}: not a dead letter ({exc})"
+    except MissingTopic as exc:
+        raise ValueError(f"namespace {namespace!r} has no dead-letter topic {topic}: {exc}") from None
 
 
 @dataclass

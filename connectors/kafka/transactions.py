@@ -1,4 +1,4 @@
-"""Writes a batch of entries atomically in one Kafka transaction, with a small pool of transactional producers."""
+"""Writes a batch of records atomically in one Kafka transaction, with a small pool of transactional producers."""
 
 from __future__ import annotations
 
@@ -13,11 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors.kafka.producer import Durable, producer_config
-from streams import topics
-from streams.codec import Codec
-from streams.model import WalEntry
-from streams.sdk import ENTRY_ID_HEADER
+from connectors.kafka.config import producer_config
+from streams.ports import Delivery, Durable, Headers
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +38,27 @@ def fail_after(entries: int) -> BatchFault:
 
 
 @dataclass(frozen=True, slots=True)
-class Placed:
-    """Where one entry of a committed batch landed."""
+class TxRecord:
+    """One record of a transaction; ``entry_id`` is echoed in its Delivery."""
 
-    entry_id: str
-    partition: int
-    offset: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers = ()
+    entry_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """TRUE: every entry committed; FALSE: the transaction was aborted, nothing is visible; UNKNOWN: commit unclear."""
+    """``verdict`` is TRUE when every record committed (``placed`` says where each landed), FALSE when the
+    transaction was aborted and nothing is visible, UNKNOWN when the commit's outcome is unclear."""
 
-    durable: Durable
-    message: str
-    placed: tuple[Placed, ...] = ()
+    verdict: Delivery
+    placed: tuple[Delivery, ...] = ()
+
+
+def _outcome(durable: Durable, message: str, placed: tuple[Delivery, ...] = ()) -> BatchOutcome:
+    return BatchOutcome(Delivery(durable, message), placed)
 
 
 class _Slot:
@@ -95,13 +98,13 @@ class _Slot:
             self._producer.flush(timeout_s)
             self._producer = None
 
-    def write(self, records: Sequence[tuple[str, bytes, bytes, str]], fault: BatchFault | None) -> BatchOutcome:
+    def write(self, records: Sequence[TxRecord], fault: BatchFault | None) -> BatchOutcome:
         try:
             producer = self._ready()
         except KafkaException as exc:
             self.discard()
-            return BatchOutcome(Durable.FALSE, f"transactions unavailable: {_describe(exc)}")
-        placed: list[Placed | None] = [None] * len(records)
+            return _outcome(Durable.FALSE, f"transactions unavailable: {_describe(exc)}")
+        placed: list[Delivery | None] = [None] * len(records)
         errors: list[str] = []
 
         def reporter(index: int, entry_id: str) -> Callable[[KafkaError | None, Message], None]:
@@ -109,14 +112,16 @@ class _Slot:
                 if err is not None:
                     errors.append(f"{err.name()}: {err.str()}")
                 else:
-                    placed[index] = Placed(entry_id, msg.partition() or 0, msg.offset() or 0)
+                    placed[index] = Delivery(
+                        Durable.TRUE, "", msg.topic() or "", msg.partition() or 0, msg.offset() or 0, entry_id
+                    )
 
             return report
 
         try:
             producer.begin_transaction()
-            for index, (topic, key, value, entry_id) in enumerate(records):
-                self._produce(producer, topic, key, value, entry_id, reporter(index, entry_id))
+            for index, record in enumerate(records):
+                self._produce(producer, record, reporter(index, record.entry_id))
                 if fault is not None:
                     producer.flush(self.timeout_s)  # the entries so far really reach the broker, uncommitted
                     fault(index)
@@ -124,12 +129,16 @@ class _Slot:
             return self._abort(producer, f"{type(exc).__name__}: {exc}")
         return self._commit(producer, placed, errors)
 
-    def _produce(self, producer: Any, topic: str, key: bytes, value: bytes, entry_id: str, report: Any) -> None:
+    def _produce(self, producer: Any, record: TxRecord, report: Any) -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 producer.produce(
-                    topic, key=key, value=value, headers=[(ENTRY_ID_HEADER, entry_id.encode())], on_delivery=report
+                    record.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=list(record.headers),
+                    on_delivery=report,
                 )
                 return
             except BufferError:
@@ -137,7 +146,7 @@ class _Slot:
                     raise
                 producer.poll(0.05)
 
-    def _commit(self, producer: Any, placed: list[Placed | None], errors: list[str]) -> BatchOutcome:
+    def _commit(self, producer: Any, placed: list[Delivery | None], errors: list[str]) -> BatchOutcome:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -151,12 +160,12 @@ class _Slot:
                     continue
                 # Fatal, or still failing at the deadline: the coordinator may or may not have the commit.
                 self.discard()
-                return BatchOutcome(Durable.UNKNOWN, f"commit outcome unknown: {_describe(exc)}")
+                return _outcome(Durable.UNKNOWN, f"commit outcome unknown: {_describe(exc)}")
         if errors or any(p is None for p in placed):
             # Committed means every record was acknowledged; anything else is a broken invariant, not a guess.
             self.discard()
-            return BatchOutcome(Durable.UNKNOWN, f"committed, but delivery reports disagree: {errors[:3]}")
-        return BatchOutcome(Durable.TRUE, "", tuple(p for p in placed if p is not None))
+            return _outcome(Durable.UNKNOWN, f"committed, but delivery reports disagree: {errors[:3]}")
+        return _outcome(Durable.TRUE, "", tuple(p for p in placed if p is not None))
 
     def _abort(self, producer: Any, reason: str) -> BatchOutcome:
         try:
@@ -166,7 +175,7 @@ class _Slot:
             # or when the next producer with this transactional.id initializes).
             log.warning("abort of %s failed (%s); recreating the producer", self.transactional_id, _describe(exc))
             self.discard()
-        return BatchOutcome(Durable.FALSE, f"batch aborted, nothing is visible: {reason}")
+        return _outcome(Durable.FALSE, f"batch aborted, nothing is visible: {reason}")
 
 
 def _error(exc: KafkaException) -> KafkaError | None:
@@ -184,7 +193,6 @@ class TransactionalWriter:
     def __init__(
         self,
         bootstrap: str,
-        codec: Codec | None = None,
         *,
         size: int = 2,
         transactional_id_prefix: str | None = None,
@@ -193,7 +201,6 @@ class TransactionalWriter:
         if size < 1:
             raise ValueError("the pool needs at least one transactional producer")
         prefix = transactional_id_prefix or f"walstream-api-{uuid.uuid4().hex[:12]}"
-        self._codec = codec or Codec()
         self._slots = [_Slot(bootstrap, f"{prefix}-{i}", timeout_s) for i in range(size)]
         self._free: asyncio.Queue[_Slot] | None = None
 
@@ -204,10 +211,8 @@ class TransactionalWriter:
                 self._free.put_nowait(slot)
         return self._free
 
-    async def write(self, entries: Sequence[WalEntry], fault: BatchFault | None = None) -> BatchOutcome:
-        records = [
-            (topics.wal_topic(e.namespace), e.key.encode(), self._codec.encode_entry(e), e.entry_id) for e in entries
-        ]
+    async def write(self, records: Sequence[TxRecord], fault: BatchFault | None = None) -> BatchOutcome:
+        """Commit every record, or none."""
         free = self._queue()
         slot = await free.get()
         # The confluent-kafka transaction calls block: run them off the event loop. Cancelling the caller does not

@@ -8,9 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
-
+from connectors.kafka.admin import GroupProbe
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -84,31 +82,22 @@ class Liveness:
         return not problems and crash is None, details
 
     def _run(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self._bootstrap})
-        probe = Consumer({"bootstrap.servers": self._bootstrap, "group.id": self._group, "enable.auto.commit": False})
+        probe = GroupProbe(self._bootstrap, self._group)
         try:
             while not self._stop.wait(self._interval_s):
                 try:
-                    self._check(admin, probe)
+                    self._check(probe)
                 except Exception as exc:  # noqa: BLE001 - Kafka unreachable: no verdict rather than a false one
                     log.warning("liveness check could not read offsets: %s", exc)
         finally:
             probe.close()
 
-    def _check(self, admin: AdminClient, probe: Consumer) -> None:
+    def _check(self, probe: GroupProbe) -> None:
         now = time.monotonic()
         for namespace, topic in self._logs:
-            meta = admin.list_topics(topic, timeout=5).topics[topic]
-            partitions = [TopicPartition(topic, p) for p in meta.partitions]
-            committed = probe.committed(partitions, timeout=5)
-            lag = total = 0
-            for tp in committed:
-                _low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=5)
-                position = tp.offset if tp.offset >= 0 else 0
-                lag += max(high - position, 0)
-                total += position
-            self._metrics.consumer_lag.labels(namespace).set(lag)
-            progress, problem = assess(self._progress[topic], lag, total, now, self._stall_s)
+            position = probe.position(topic)
+            self._metrics.consumer_lag.labels(namespace).set(position.lag)
+            progress, problem = assess(self._progress[topic], position.lag, position.committed, now, self._stall_s)
             self._progress[topic] = progress
             with self._lock:
                 if problem and not self._paused(namespace):

@@ -54,7 +54,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     settings = load_settings()
     namespaces = _namespaces(settings, None)
@@ -118,7 +118,7 @@ def _ns_validate(args: argparse.Namespace) -> int:
 
 
 def _ns_apply(args: argparse.Namespace) -> int:
-    from streams.wiring import apply_namespaces
+    from streams.worker.targets import apply_namespaces
 
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
@@ -127,8 +127,8 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.app import Role, Worker, WorkerOptions
     from streams.metrics import Metrics
+    from streams.worker.process import Role, Worker, WorkerOptions
 
     settings = load_settings()
     namespaces = _namespaces(settings, None)
@@ -156,7 +156,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from streams.produce import produce_lines
+    from streams.tools.produce import produce_lines
 
     settings = load_settings()
     namespaces = _namespaces(settings, None)
@@ -170,7 +170,7 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _cdc_tail(args: argparse.Namespace) -> int:
-    from streams.produce import tail_cdc
+    from streams.tools.cdc import tail_cdc
 
     settings = load_settings()
     tail_cdc(_endpoints(settings), args.namespace, args.max, args.timeout, args.from_beginning)
@@ -178,7 +178,7 @@ def _cdc_tail(args: argparse.Namespace) -> int:
 
 
 def _dlq_selection(args: argparse.Namespace) -> tuple[Endpoints, list[Any]]:
-    from streams.dlq import Letter, LetterFilter, parse_time, read_letters
+    from streams.tools.dlq import Letter, LetterFilter, parse_time, read_letters
 
     settings = load_settings()
     try:
@@ -252,7 +252,7 @@ def _dlq_show(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from streams.dlq import replay
+    from streams.tools.dlq import replay
 
     endpoints, letters = _dlq_selection(args)
     report = replay(endpoints, args.namespace, letters, frozenset(args.skip), _say)
@@ -310,7 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walstream", description="A write-ahead log in front of your datastores.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    stack = sub.add_parser("stack", help="run the embedded Kafka, Cassandra and Elasticsearch")
+    stack = sub.add_parser(
+        "stack",
+        help="run the embedded Kafka, Cassandra and Elasticsearch",
+        description="Run real Kafka, Cassandra and Elasticsearch as local processes, tracked by pid.",
+        epilog=(
+            "Where things live: artifacts in WALSTREAM_CACHE_DIR (root: /var/cache/walstream, others: "
+            "$XDG_CACHE_HOME/walstream), config, data, logs and pids in WALSTREAM_STACK_DIR (root: "
+            "/var/lib/walstream/stack, others: $XDG_STATE_HOME/walstream/stack). "
+            "One service at a time: `walstream stack down cassandra`, then `walstream stack up cassandra`."
+        ),
+    )
     stack.add_argument("action", choices=["up", "down", "status", "logs"])
     stack.add_argument("services", nargs="*", help="kafka, cassandra, elasticsearch (default: all)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")

@@ -7,7 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from connectors.base import Op, Sink, SinkWrite, WriteResult
+from streams.model import Op
+from streams.ports import Sink, SinkResult, SinkWrite
 
 
 class DeletePacer:
@@ -43,10 +44,10 @@ class Throttled:
     async def ensure_schema(self) -> None:
         await self._sink.ensure_schema()
 
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+    async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
         if not any(w.op is Op.DELETE for w in writes):
             return await self._sink.write(writes)
-        results: list[WriteResult] = []
+        results: list[SinkResult] = []
         chunk: list[SinkWrite] = []
         deletes = 0
         for w in writes:
@@ -59,7 +60,7 @@ class Throttled:
             results += await self._paced(chunk, deletes)
         return results
 
-    async def _paced(self, chunk: list[SinkWrite], deletes: int) -> list[WriteResult]:
+    async def _paced(self, chunk: list[SinkWrite], deletes: int) -> list[SinkResult]:
         wait = self._pacer.reserve(deletes) if deletes else 0.0
         if wait > 0:
             await asyncio.sleep(wait)

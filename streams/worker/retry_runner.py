@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -14,32 +12,20 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from connectors.kafka.producer import Delivery
+from connectors.kafka.config import consumer_config
 from streams import topics
-from streams.agents.fanout import Applier, Pending, settle
 from streams.codec import Codec, DecodeError
-from streams.dispatch import KeyState
+from streams.core.dispatch import KeyState
+from streams.core.schedule import due_ms
+from streams.core.tiers import TP, TierBook
+from streams.metrics import Metrics
 from streams.model import Origin
-from streams.retry import due_ms
+from streams.pipeline.apply import Applier, Pending, Sends, settle
 
 log = logging.getLogger(__name__)
 
-TP = tuple[str, int]
-
-
-def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "max.poll.interval.ms": 300000,
-        "session.timeout.ms": 30000,
-        # A resumed partition is fetched at once: the broker answers without waiting for more data.
-        "fetch.wait.max.ms": 10,
-    }
+#: A resumed partition is fetched at once: the broker answers without waiting for more data.
+_TIER_CONSUMER = {"max.poll.interval.ms": 300000, "session.timeout.ms": 30000, "fetch.wait.max.ms": 10}
 
 
 class RetryRunner:
@@ -61,21 +47,19 @@ class RetryRunner:
         on_fatal: Callable[[BaseException], None],
         batch_size: int = 500,
         tier_ms: Mapping[str, Sequence[int]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._config = consumer_config(bootstrap, group)
+        self._config = consumer_config(bootstrap, group, overrides=_TIER_CONSUMER)
         self._topics = {topic: ns for ns, names in tier_topics.items() for topic in names}
         self._make_appliers = make_appliers
         self._codec = codec
         self._on_fatal = on_fatal
         self._batch = batch_size
-        self._held: dict[TP, int] = {}
-        # Delayed entries due within the smallest tier wait here, not in a topic, so they keep the tiers FIFO.
-        self._waiting: list[tuple[int, int, Message, Any]] = []
-        self._inflight: dict[TP, set[int]] = {}  # offsets handed out but not finished (commits stop below them)
-        self._finished: dict[TP, int] = {}  # the highest finished offset per partition
-        self._committed: dict[TP, int] = {}
+        # Delayed entries due within the smallest tier wait in the book, not in a topic, so the tiers stay FIFO.
+        self._book: TierBook[tuple[Message, Any]] = TierBook()
         self._smallest_tier_ms = {ns: min(ms) for ns, ms in (tier_ms or {}).items()}
-        self._order = itertools.count()
+        self._metrics = metrics
+        self._reported: dict[str, int] = {}  # held partitions per tier topic, as last reported
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="walstream-retry", daemon=True)
         self.ready = threading.Event()
@@ -94,7 +78,7 @@ class RetryRunner:
     @property
     def held(self) -> dict[TP, int]:
         """Paused partitions and the time (ms) each is due to resume."""
-        return dict(self._held)
+        return self._book.held
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -108,7 +92,8 @@ class RetryRunner:
                 while not self._stop.is_set():
                     self._resume_due(consumer)
                     messages = self._poll(consumer)
-                    ready = self._release_waiting() + self._take_due(consumer, messages)
+                    ready = self._book.release_due(time.time() * 1000) + self._take_due(consumer, messages)
+                    self._report_held()
                     if ready:
                         loop.run_until_complete(self._process(appliers, ready))
                         self._commit(consumer, ready)
@@ -125,45 +110,33 @@ class RetryRunner:
         log.info("retry tiers assigned: %s", [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(p.topic, p.partition) for p in partitions}
-        for tp in revoked:
-            self._held.pop(tp, None)
-            self._inflight.pop(tp, None)
-            self._finished.pop(tp, None)
-            self._committed.pop(tp, None)
         # Uncommitted, so the new owner reads them again.
-        self._waiting = [w for w in self._waiting if (w[2].topic(), w[2].partition()) not in revoked]
-        heapq.heapify(self._waiting)
-
-    def _wait_s(self) -> float:
-        wakeups = list(self._held.values()) + ([self._waiting[0][0]] if self._waiting else [])
-        if not wakeups:
-            return 1.0
-        until = min(wakeups) - time.time() * 1000
-        return min(max(until / 1000, 0.001), 1.0)
+        self._book.revoke((p.topic, p.partition) for p in partitions)
 
     def _poll(self, consumer: Consumer) -> list[Message]:
         """Wait for the first record at most until the next wake-up, then take what is already fetched."""
-        first = consumer.poll(self._wait_s())
+        first = consumer.poll(self._book.wait_s(time.time() * 1000))
         if first is None:
             return []
         return [first, *consumer.consume(self._batch - 1, timeout=0)]
 
-    def _release_waiting(self) -> list[tuple[Message, Any]]:
-        now = time.time() * 1000
-        released = []
-        while self._waiting and self._waiting[0][0] <= now:
-            _, _, msg, envelope = heapq.heappop(self._waiting)
-            released.append((msg, envelope))
-        return released
-
     def _resume_due(self, consumer: Consumer) -> None:
-        now = time.time() * 1000
-        due = [tp for tp, at in self._held.items() if at <= now]
+        due = self._book.resume_due(time.time() * 1000)
         if due:
             consumer.resume([TopicPartition(t, p) for t, p in due])
-            for tp in due:
-                del self._held[tp]
+
+    def _report_held(self) -> None:
+        if self._metrics is None:
+            return
+        held = dict.fromkeys(self._topics, 0)
+        for topic, _ in self._book.held:
+            held[topic] += 1
+        for topic, count in held.items():
+            if self._reported.get(topic) != count:
+                self._reported[topic] = count
+                namespace = self._topics[topic]
+                tier = topic.rpartition(".retry.")[2]
+                self._metrics.retry_held.labels(namespace, tier).set(count)
 
     def _take_due(self, consumer: Consumer, messages: list[Message]) -> list[tuple[Message, Any]]:
         """The messages that are due, a contiguous prefix per partition; the rest wait, their partition paused."""
@@ -176,7 +149,7 @@ class RetryRunner:
                     log.warning("retry consumer: %s", error)
                 continue
             tp = (msg.topic() or "", msg.partition() or 0)
-            if tp in self._held:
+            if self._book.is_held(tp):
                 continue
             try:
                 envelope = self._codec.decode_retry_envelope(msg.value() or b"")
@@ -187,19 +160,19 @@ class RetryRunner:
                 partition = TopicPartition(tp[0], tp[1], msg.offset() or 0)
                 consumer.pause([partition])
                 consumer.seek(partition)
-                self._held[tp] = envelope.due_ms
+                self._book.hold(tp, envelope.due_ms)
                 continue
-            self._inflight.setdefault(tp, set()).add(msg.offset() or 0)
+            self._book.start(tp, msg.offset() or 0)
             exact = due_ms(envelope.entry) if envelope.attempt == 0 else 0
             smallest = self._smallest_tier_ms.get(self._topics[tp[0]], 0)
             if now < exact < now + smallest:
-                heapq.heappush(self._waiting, (exact, next(self._order), msg, envelope))
+                self._book.wait(tp, exact, (msg, envelope))
                 continue
             ready.append((msg, envelope))
         return ready
 
     async def _process(self, appliers: Mapping[str, Applier], ready: list[tuple[Message, Any]]) -> None:
-        sends: list[asyncio.Future[Delivery]] = []
+        sends: Sends = []
         by_ns: dict[str, list[Pending]] = {}
         for msg, envelope in ready:
             namespace = self._topics[msg.topic() or ""]
@@ -229,18 +202,10 @@ class RetryRunner:
     def _commit(self, consumer: Consumer, ready: list[tuple[Message, Any]]) -> None:
         """Commit per partition up to the first offset not finished yet (a waiting entry holds it back)."""
         for msg, _ in ready:
-            tp = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
-            self._inflight.get(tp, set()).discard(offset)
-            self._finished[tp] = max(self._finished.get(tp, -1), offset)
-        offsets = []
-        for tp in {(m.topic() or "", m.partition() or 0) for m, _ in ready}:
-            pending = self._inflight.get(tp)
-            position = min(pending) if pending else self._finished[tp] + 1
-            if position > self._committed.get(tp, -1):
-                offsets.append(TopicPartition(tp[0], tp[1], position))
-                self._committed[tp] = position
-        if offsets:
+            self._book.finish((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+        positions = self._book.commits((m.topic() or "", m.partition() or 0) for m, _ in ready)
+        if positions:
+            offsets = [TopicPartition(t, p, position) for (t, p), position in positions.items()]
             consumer.commit(offsets=offsets, asynchronous=False)
 
 

@@ -20,12 +20,13 @@ from elasticsearch.helpers import scan
 
 from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
+from streams.client.sdk import SyncWalWriter
 from streams.model import Op, WalEntry
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
-from streams.produce import read_cdc
+from streams.ports import Delivery
 from streams.progress import Progress
-from streams.sdk import SyncWalWriter, WriteResult
-from streams.wiring import Connections, apply_namespaces, build_sinks
+from streams.tools.cdc import read_cdc
+from streams.worker.targets import Connections, apply_namespaces, build_sinks
 
 Say = Callable[[str], None]
 
@@ -84,7 +85,7 @@ def run_demo(
         expected = expected_state(entries)
         progress = Progress(len(entries), "writing to the log")
         started = time.monotonic()
-        pending: list[Future[WriteResult]] = []
+        pending: list[Future[Delivery]] = []
         failures = 0
         for entry in entries:
             pending.append(writer.submit_entry(entry))
@@ -126,7 +127,7 @@ def run_demo(
         es.close()
 
 
-def _settle(pending: list[Future[WriteResult]], progress: Progress) -> int:
+def _settle(pending: list[Future[Delivery]], progress: Progress) -> int:
     failures = 0
     for future in pending:
         if not future.result().ok:
@@ -164,7 +165,7 @@ def _start_worker(namespace: Namespace, namespace_dir: Path, data_dir: Path, say
     env = {**os.environ, "WALSTREAM_NAMESPACE_DIR": str(namespace_dir), "WALSTREAM_DATA_DIR": str(data_dir)}
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--namespaces", namespace.name],
+            [sys.executable, "-m", "streams", "worker", "--namespaces", namespace.name],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

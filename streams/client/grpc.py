@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from connectors.kafka.producer import Durable
 from streams.api import messages
 from streams.api.messages import (
     BatchRequest,
@@ -22,10 +21,10 @@ from streams.api.messages import (
     BulkDeleteResponse,
     LifecycleSpec,
     WriteRequest,
-    WriteResponse,
 )
 from streams.api.rejections import FIELD_METADATA
 from streams.model import Op
+from streams.ports import Delivery, Durable
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: Status codes after which the very same request may be sent again (with its idempotency key).
@@ -160,7 +159,7 @@ class WalClient:
             raise _error(exc) from None
         return answer
 
-    def write_to_log(self, request: WriteRequest, timeout_s: float | None = None) -> WriteResponse:
+    def write_to_log(self, request: WriteRequest, timeout_s: float | None = None) -> Delivery:
         data = self._invoke(self._calls.write, messages.encode_write_request(request), timeout_s)
         return messages.decode_write_response(data)
 
@@ -172,7 +171,7 @@ class WalClient:
         data = self._invoke(self._calls.bulk, messages.encode_bulk_delete_request(request), timeout_s)
         return messages.decode_bulk_delete_response(data)
 
-    def write(self, request: WriteRequest, *, attempts: int = 3, backoff_s: float = 0.2) -> WriteResponse:
+    def write(self, request: WriteRequest, *, attempts: int = 3, backoff_s: float = 0.2) -> Delivery:
         """WriteToLog, sent again while the answer is UNKNOWN or the server sheds load; needs an idempotency key
         when ``attempts`` > 1, so the retries have no second effect."""
         _check_retry(request, attempts)
@@ -234,7 +233,7 @@ class AsyncWalClient:
             raise _error(exc) from None
         return answer
 
-    async def write_to_log(self, request: WriteRequest, timeout_s: float | None = None) -> WriteResponse:
+    async def write_to_log(self, request: WriteRequest, timeout_s: float | None = None) -> Delivery:
         data = await self._invoke(self._calls.write, messages.encode_write_request(request), timeout_s)
         return messages.decode_write_response(data)
 
@@ -253,7 +252,7 @@ class AsyncWalClient:
             raise _error(exc) from None
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
-    async def write(self, request: WriteRequest, *, attempts: int = 3, backoff_s: float = 0.2) -> WriteResponse:
+    async def write(self, request: WriteRequest, *, attempts: int = 3, backoff_s: float = 0.2) -> Delivery:
         """Like WalClient.write, without blocking the event loop."""
         _check_retry(request, attempts)
         for attempt in range(attempts):

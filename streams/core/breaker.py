@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from connectors.base import Outcome, Sink, SinkWrite, WriteResult
+from streams.ports import Outcome, Sink, SinkResult, SinkWrite
 
 
 class Breaker:
@@ -36,11 +36,9 @@ class Breaker:
     async def ensure_schema(self) -> None:
         await self._sink.ensure_schema()
 
-    async def write(self, writes: Sequence[SinkWrite]) -> list[WriteResult]:
+    async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
         if self.is_open:
-            return [WriteResult(Outcome.RETRYABLE, f"{self.name}: circuit open after: {self._last_error}")] * len(
-                writes
-            )
+            return [SinkResult(Outcome.RETRYABLE, f"{self.name}: circuit open after: {self._last_error}")] * len(writes)
         results = await self._sink.write(writes)
         if results and all(r.outcome is Outcome.RETRYABLE for r in results):
             self._last_error = results[0].error

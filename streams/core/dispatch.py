@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from connectors.base import Outcome, Sink, SinkWrite, WriteResult
 from streams.model import ChangeOp, Op, WalEntry
+from streams.ports import Outcome, Sink, SinkResult, SinkWrite
 
 PayloadDecoder = Callable[[bytes], Mapping[str, Any]]
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
-_NO_FAILURES: Mapping[str, WriteResult] = MappingProxyType({})
+_NO_FAILURES: Mapping[str, SinkResult] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class EntryOutcome:
     entry: WalEntry
     applied: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
-    failed: Mapping[str, WriteResult] = field(default_factory=dict)
+    failed: Mapping[str, SinkResult] = field(default_factory=dict)
     change: ChangeOp | None = None  # set when the entry is now applied everywhere and changed something
 
     @property
@@ -94,11 +94,11 @@ class Dispatcher:
     async def dispatch(self, entries: Sequence[WalEntry], state: Mapping[str, KeyState]) -> DispatchResult:
         """Write what each entry still needs; ``state`` holds the table's value for each key of the batch."""
         everywhere = self._names
-        plans: list[tuple[WalEntry, list[str], tuple[str, ...], dict[str, WriteResult] | None]] = []
+        plans: list[tuple[WalEntry, list[str], tuple[str, ...], dict[str, SinkResult] | None]] = []
         writes: dict[str, list[tuple[int, SinkWrite]]] = {name: [] for name in self._sinks}
         for index, entry in enumerate(entries):
             held = state.get(entry.key, _NO_STATE).applied
-            failed: dict[str, WriteResult] | None = None
+            failed: dict[str, SinkResult] | None = None
             if entry.targets:
                 wanted, failed = self._targets_of(entry)
             else:
@@ -118,7 +118,7 @@ class Dispatcher:
                         document = self._decode(entry.payload)
                     except ValueError as exc:
                         failed = failed if failed is not None else {}
-                        failed.update({t: WriteResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
+                        failed.update({t: SinkResult(Outcome.FATAL, f"payload: {exc}") for t in todo})
                         todo = []
                 if todo:
                     # One immutable write shared by every target of the entry.
@@ -128,7 +128,7 @@ class Dispatcher:
             plans.append((entry, todo, skipped, failed))
 
         results = await asyncio.gather(*(self._write(name, batch) for name, batch in writes.items() if batch))
-        written: dict[str, dict[int, WriteResult]] = dict(results)
+        written: dict[str, dict[int, SinkResult]] = dict(results)
 
         new_state = {e.key: state.get(e.key, _NO_STATE) for e in entries}
         outcomes = []
@@ -168,22 +168,22 @@ class Dispatcher:
             outcomes.append(EntryOutcome(entry, applied, skipped, failed or _NO_FAILURES, change))
         return DispatchResult(outcomes, new_state)
 
-    def _targets_of(self, entry: WalEntry) -> tuple[Sequence[str], dict[str, WriteResult] | None]:
+    def _targets_of(self, entry: WalEntry) -> tuple[Sequence[str], dict[str, SinkResult] | None]:
         if not entry.targets:
             return self._names, None
         known = [t for t in entry.targets if t in self._sinks]
         unknown = {
-            t: WriteResult(Outcome.FATAL, f"target {t!r} is not declared by namespace {entry.namespace!r}")
+            t: SinkResult(Outcome.FATAL, f"target {t!r} is not declared by namespace {entry.namespace!r}")
             for t in entry.targets
             if t not in self._sinks
         }
         return known, unknown or None
 
-    async def _write(self, name: str, batch: list[tuple[int, SinkWrite]]) -> tuple[str, dict[int, WriteResult]]:
+    async def _write(self, name: str, batch: list[tuple[int, SinkWrite]]) -> tuple[str, dict[int, SinkResult]]:
         try:
             results = await self._sinks[name].write([w for _, w in batch])
         except Exception as exc:  # noqa: BLE001 - a sink that raises is treated as unavailable, never fatal
-            results = [WriteResult(Outcome.RETRYABLE, f"{name}: {type(exc).__name__}: {exc}")] * len(batch)
+            results = [SinkResult(Outcome.RETRYABLE, f"{name}: {type(exc).__name__}: {exc}")] * len(batch)
         if len(results) != len(batch):
             raise RuntimeError(f"sink {name} returned {len(results)} results for {len(batch)} writes")
         return name, {index: result for (index, _), result in zip(batch, results, strict=True)}

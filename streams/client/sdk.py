@@ -4,42 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from connectors.kafka.producer import Delivery, Durable, DurableProducer
+from connectors.kafka.producer import DurableProducer
+from connectors.kafka.transactions import BatchFault, TransactionalWriter, TxRecord
 from streams import topics
 from streams.codec import Codec
-from streams.model import Op, WalEntry, new_entry
+from streams.model import ENTRY_ID_HEADER, Op, WalEntry, new_entry
 from streams.namespaces import Namespace, UnknownTargetError
 from streams.payload import PayloadCodec, PayloadError
+from streams.ports import Delivery, Durable, Producer
 from streams.tracing import kafka_trace_headers, with_trace
 
 T = TypeVar("T")
-
-ENTRY_ID_HEADER = "walstream-entry-id"
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    durable: Durable
-    message: str = ""
-    entry_id: str = ""
-    partition: int = -1
-    offset: int = -1
-
-    @property
-    def ok(self) -> bool:
-        return self.durable is Durable.TRUE
 
 
 class WalWriter:
     """Asynchronous and batched (librdkafka batches concurrent writes); acks=all with idempotence on.
 
-    Bad input is answered with FALSE and a reason before anything is sent; a timeout is UNKNOWN, after which the
-    caller retries with the same idempotency key and sequence.
+    Every write is answered with a Delivery whose ``entry_id`` names the entry. Bad input is answered with FALSE
+    and a reason before anything is sent; a timeout is UNKNOWN, after which the caller retries with the same
+    idempotency key and sequence.
     """
 
     def __init__(
@@ -48,11 +36,13 @@ class WalWriter:
         namespaces: Mapping[str, Namespace],
         codec: Codec | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
+        producer: Producer | None = None,
     ) -> None:
+        """``producer`` replaces the Kafka producer built from ``bootstrap`` (tests pass an in-memory one)."""
         self._namespaces = dict(namespaces)
         self._payloads = {name: PayloadCodec(ns.payload) for name, ns in self._namespaces.items()}
         self._codec = codec or Codec()
-        self._producer = DurableProducer(bootstrap, producer_overrides)
+        self._producer: Producer = producer or DurableProducer(bootstrap, producer_overrides)
 
     def prepare(
         self,
@@ -107,14 +97,14 @@ class WalWriter:
             headers=with_trace(headers),
         )
 
-    async def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WriteResult:
+    async def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> Delivery:
         try:
             entry = self.prepare(namespace, key, op, payload, **options)
         except ValueError as exc:
-            return WriteResult(Durable.FALSE, str(exc))
+            return Delivery(Durable.FALSE, str(exc))
         return await self.write_entry(entry)
 
-    async def write_entry(self, entry: WalEntry) -> WriteResult:
+    async def write_entry(self, entry: WalEntry) -> Delivery:
         delivery = await self._producer.send(
             topics.wal_topic(entry.namespace),
             entry.key.encode(),
@@ -128,6 +118,48 @@ class WalWriter:
 
     def close(self, timeout: float = 30.0) -> int:
         return self._producer.close(timeout)
+
+
+class AtomicWalWriter:
+    """Writes a batch of entries atomically: one Kafka transaction, so readers that read committed records (the
+    workers do) see all of the batch or none of it. A small pool of transactional producers serves batches
+    concurrently; ``transactional_id_prefix`` should be stable per replica, so a restarted one fences its
+    predecessor's open transactions."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        codec: Codec | None = None,
+        *,
+        size: int = 2,
+        transactional_id_prefix: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._codec = codec or Codec()
+        self._transactions = TransactionalWriter(
+            bootstrap, size=size, transactional_id_prefix=transactional_id_prefix, timeout_s=timeout_s
+        )
+
+    async def write_batch(
+        self, entries: Sequence[WalEntry], fault: BatchFault | None = None
+    ) -> tuple[Delivery, tuple[Delivery, ...]]:
+        """The batch's answer and, when it is TRUE, where each entry landed. ``fault`` is for tests: called after
+        each entry is produced, raising aborts the transaction."""
+        records = [
+            TxRecord(
+                topics.wal_topic(e.namespace),
+                e.key.encode(),
+                self._codec.encode_entry(e),
+                [(ENTRY_ID_HEADER, e.entry_id.encode()), *kafka_trace_headers(e.headers)],
+                e.entry_id,
+            )
+            for e in entries
+        ]
+        outcome = await self._transactions.write(records, fault)
+        return outcome.verdict, outcome.placed
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._transactions.close(timeout)
 
 
 class SyncWalWriter:
@@ -145,10 +177,10 @@ class SyncWalWriter:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> WriteResult:
+    def write(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> Delivery:
         return self._call(self._writer.write(namespace, key, op, payload, **options), None)
 
-    def submit_entry(self, entry: WalEntry) -> concurrent.futures.Future[WriteResult]:
+    def submit_entry(self, entry: WalEntry) -> concurrent.futures.Future[Delivery]:
         """Start writing a prepared entry; many can be in flight at once."""
         return asyncio.run_coroutine_threadsafe(self._writer.write_entry(entry), self._loop)
 
@@ -163,5 +195,5 @@ class SyncWalWriter:
         return pending
 
 
-def _result(entry: WalEntry, delivery: Delivery) -> WriteResult:
-    return WriteResult(delivery.durable, delivery.message, entry.entry_id, delivery.partition, delivery.offset)
+def _result(entry: WalEntry, delivery: Delivery) -> Delivery:
+    return dataclasses.replace(delivery, entry_id=entry.entry_id)

@@ -1,1 +1,0 @@
-"""Faust agents: thin steps that decode, dispatch, route and acknowledge."""

@@ -1,0 +1,198 @@
+"""Applies a namespace's entries and makes every outcome durable: applied with its change event, retried or dead."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streams import topics
+from streams.codec import Codec, DecodeError
+from streams.core.dispatch import Dispatcher, DispatchResult, KeyState
+from streams.core.routing import Router
+from streams.core.schedule import RetrySchedule, due_ms
+from streams.metrics import Metrics
+from streams.model import ChangeEvent, ChangeOp, Origin, WalEntry
+from streams.ports import Delivery, Durable, Producer
+from streams.tracing import kafka_trace_headers
+
+log = logging.getLogger(__name__)
+
+Sends = list[asyncio.Future[Delivery]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the pipeline needs of a consumed Kafka record (built from a Faust event, or by a test)."""
+
+    key: bytes | None
+    value: bytes
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An entry to apply now, with where it came from and its retry history (attempt 0: never tried)."""
+
+    entry: WalEntry
+    raw: bytes
+    origin: Origin
+    attempt: int = 0
+    first_error: str | None = None
+
+
+class NotDurable(RuntimeError):
+    """A CDC, retry or DLQ record could not be stored: the batch must not be acknowledged."""
+
+
+async def settle(sends: Sequence[asyncio.Future[Delivery]]) -> None:
+    """Wait for follow-up records; raise NotDurable unless every one is stored."""
+    deliveries = await asyncio.gather(*sends)
+    lost = [d for d in deliveries if d.durable is not Durable.TRUE]
+    if lost:
+        raise NotDurable(f"{len(lost)} of {len(deliveries)} follow-up records were not stored: {lost[0].message}")
+
+
+class Applier:
+    """Applies entries of one namespace. Each call appends the future of every follow-up record it sends (change
+    event, retry envelope, dead letter) to ``sends``; the caller acknowledges only once ``settle(sends)`` passed."""
+
+    def __init__(
+        self,
+        namespace: str,
+        dispatcher: Dispatcher,
+        router: Router,
+        producer: Producer,
+        codec: Codec,
+        metrics: Metrics,
+        schedule: RetrySchedule,
+        hold_s: float = 30.0,
+    ) -> None:
+        self.namespace = namespace
+        self.dispatcher = dispatcher
+        self.router = router
+        self._producer = producer
+        self._codec = codec
+        self._metrics = metrics
+        self._schedule = schedule
+        self._hold_s = hold_s
+        self._cdc = topics.cdc_topic(namespace)
+
+    def decode(self, record: Record) -> WalEntry | DecodeError:
+        """The entry of a log record, or why it is not one of this namespace."""
+        try:
+            entry = self._codec.decode_entry(record.value)
+        except DecodeError as exc:
+            return exc
+        if entry.namespace != self.namespace:
+            return DecodeError(
+                "unknown-namespace", f"entry names namespace {entry.namespace!r}, read from {record.origin.topic}"
+            )
+        return entry
+
+    async def dead_letter_undecodable(self, failures: Sequence[tuple[Record, DecodeError]], sends: Sends) -> None:
+        """Send undecodable records to the DLQ, holding the stream while the flood guard refuses them."""
+        for record, error in failures:
+
+            async def nothing() -> None:
+                return None
+
+            # One at a time: a flood drains at the limit, never faster.
+            await self.router.guard.admitted(nothing, lambda _: 1, self._hold_s)
+            origin = record.origin
+            log.warning(
+                "undecodable record sent to the DLQ: %s",
+                error,
+                extra={
+                    "namespace": self.namespace,
+                    "topic": origin.topic,
+                    "partition": origin.partition,
+                    "offset": origin.offset,
+                },
+            )
+            sends.append(self.router.undecodable(record.value, record.key, origin, error))
+
+    def delay_if_not_due(self, item: Pending, sends: Sends) -> bool:
+        """Send a delayed entry that is not due yet to its next tier; True when it was sent."""
+        due = due_ms(item.entry)
+        if not due:
+            return False
+        hop = self._schedule.toward(due, int(time.time() * 1000))
+        if hop is None:
+            return False
+        sends.append(self.router.delayed(item.entry, item.origin, hop, item.attempt))
+        return True
+
+    async def apply(self, items: Sequence[Pending], state: dict[str, KeyState], sends: Sends) -> dict[str, KeyState]:
+        """Apply, publish and route; returns the new idempotency state of the keys touched."""
+        metrics, ns = self._metrics, self.namespace
+        entries = [i.entry for i in items]
+
+        async def dispatch() -> DispatchResult:
+            started = time.perf_counter()
+            result = await self.dispatcher.dispatch(entries, state)
+            metrics.child(metrics.sink_latency, ns).observe(time.perf_counter() - started)
+            return result
+
+        def dead_letters(result: DispatchResult) -> int:
+            return self.router.dead_letters_needed(
+                [(o, i.attempt + 1) for o, i in zip(result.outcomes, items, strict=True)]
+            )
+
+        result = await self.router.guard.admitted(dispatch, dead_letters, self._hold_s)
+        self._route(result, items, sends)
+        return result.state
+
+    def _route(self, result: DispatchResult, items: Sequence[Pending], sends: Sends) -> None:
+        """Publish a change event for each entry that changed its key, route the failures, count everything."""
+        metrics, ns = self._metrics, self.namespace
+        # Counted per batch, then added to the counters once per label set.
+        applied: collections.Counter[tuple[str, ...]] = collections.Counter()
+        skipped: collections.Counter[tuple[str, ...]] = collections.Counter()
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (target, outcome)
+        changes: collections.Counter[str] = collections.Counter()
+        duplicates = 0
+        end_to_end = metrics.child(metrics.end_to_end, ns)
+        now = time.time()
+        now_ms = int(now * 1000)
+        for outcome, item in zip(result.outcomes, items, strict=True):
+            if outcome.applied:
+                applied[outcome.applied] += 1
+            if outcome.skipped:
+                skipped[outcome.skipped] += 1
+            if outcome.failed:
+                for target, res in outcome.failed.items():
+                    counts[(target, res.outcome.value)] += 1
+                sends.append(self.router.failed(outcome, item.raw, item.origin, item.attempt + 1, item.first_error))
+            elif outcome.change is not None:
+                entry = outcome.entry
+                sends.append(self._publish(entry, outcome.change, item.origin, now_ms))
+                changes[outcome.change.value] += 1
+                end_to_end.observe(max(now - entry.lifecycle.original_write_time / 1e6, 0.0))
+                due = due_ms(entry)
+                if due:
+                    metrics.child(metrics.delay_lateness, ns).observe(max(now - due / 1000, 0.0))
+            elif not outcome.applied:
+                duplicates += 1  # every target already held this version or a newer one
+        for outcomes, label in ((applied, "applied"), (skipped, "skipped")):
+            for targets, count in outcomes.items():
+                for target in targets:
+                    counts[(target, label)] += count
+        for (target, label), count in counts.items():
+            metrics.child(metrics.entries, ns, target, label).inc(count)
+        for op, count in changes.items():
+            metrics.child(metrics.changes, ns, op).inc(count)
+        if duplicates:
+            metrics.child(metrics.duplicates, ns).inc(duplicates)
+
+    def _publish(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> asyncio.Future[Delivery]:
+        event = ChangeEvent.for_entry(entry, origin, now_ms, change)
+        return self._producer.send_nowait(
+            self._cdc,
+            entry.key.encode(),
+            self._codec.encode_change_event(event),
+            headers=kafka_trace_headers(entry.headers) or None,
+        )

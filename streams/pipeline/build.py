@@ -1,0 +1,64 @@
+"""The one builder of a namespace's pipeline from its spec, its sinks and a producer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from streams.codec import Codec
+from streams.core.breaker import Breaker
+from streams.core.dispatch import Dispatcher
+from streams.core.flood import FloodGuard
+from streams.core.routing import Router
+from streams.core.schedule import RetrySchedule
+from streams.core.throttle import DeletePacer, Throttled
+from streams.metrics import Metrics
+from streams.namespaces import Namespace
+from streams.payload import PayloadCodec
+from streams.pipeline.apply import Applier
+from streams.ports import Producer, Sink
+
+
+def schedule_of(ns: Namespace) -> RetrySchedule:
+    """The namespace's retry tiers, backoff and attempt budget."""
+    return RetrySchedule(ns.tier_delays_ms(), ns.retry.backoff_multiplier, ns.retry.max_attempts)
+
+
+def delete_pacers(ns: Namespace) -> dict[str, DeletePacer]:
+    """One pacer per target when the namespace throttles deletes; share them between every Applier of a process."""
+    rate = ns.throttle.max_deletes_per_second
+    return {target: DeletePacer(rate) for target in ns.targets} if rate else {}
+
+
+def build_applier(
+    ns: Namespace,
+    sinks: Mapping[str, Sink],
+    producer: Producer,
+    metrics: Metrics,
+    *,
+    guard: FloodGuard | None = None,
+    pacers: Mapping[str, DeletePacer] | None = None,
+    codec: Codec | None = None,
+    breakers: bool = True,
+    hold_s: float = 30.0,
+) -> Applier:
+    """The namespace's Applier: each sink behind its circuit breaker (a store that is down fails fast) and its
+    delete pacer, a router for what is not applied, and the flood guard (shared where one is given)."""
+    wrapped: dict[str, Sink] = {}
+    for name, sink in sinks.items():
+        target: Sink = Breaker(sink) if breakers else sink
+        pacer = (pacers or {}).get(name)
+        wrapped[name] = Throttled(target, pacer) if pacer is not None else target
+    codec = codec or Codec()
+    schedule = schedule_of(ns)
+    guard = guard or FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics)
+    router = Router(ns.name, tuple(ns.targets), schedule, producer, codec, metrics, guard)
+    return Applier(
+        ns.name,
+        Dispatcher(wrapped, PayloadCodec(ns.payload).decode),
+        router,
+        producer,
+        codec,
+        metrics,
+        schedule,
+        hold_s,
+    )

@@ -1,0 +1,207 @@
+"""The one composition root of a `walstream worker` process: builds the Faust app, pipelines, tiers and health."""
+
+from __future__ import annotations
+
+import logging.config
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import faust
+
+from connectors.endpoints import Endpoints
+from connectors.kafka.admin import KafkaAdmin
+from connectors.kafka.producer import DurableProducer
+from streams import topics
+from streams.codec import Codec
+from streams.core.flood import FloodGuard
+from streams.core.throttle import DeletePacer
+from streams.health import HealthServer
+from streams.logs import logging_config
+from streams.metrics import Metrics
+from streams.namespaces import Namespace
+from streams.pipeline.apply import Applier
+from streams.pipeline.build import build_applier, delete_pacers
+from streams.worker.agent import add_fanout_agent
+from streams.worker.app import WalApp
+from streams.worker.health import WorkerHealth
+from streams.worker.liveness import Liveness
+from streams.worker.retry_runner import RetryRunner, tier_topics_of
+from streams.worker.supervisor import Supervisor
+from streams.worker.targets import Connections, build_sinks, topic_specs
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    ALL = "all"  # fan-out agents and retry tiers in one process (the default)
+    FANOUT = "fanout"  # only the namespaces' logs
+    RETRY = "retry"  # only the retry tiers
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    group: str
+    data_dir: Path
+    role: Role = Role.ALL
+    replication_factor: int = 1
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    flood_hold_s: float = 30.0
+    metrics_port: int | None = None  # /metrics, /healthz and /readyz; None: not served
+    stall_s: float = 120.0  # unhealthy when input waits and nothing was committed for this long
+    crash_grace_s: float = 15.0  # after an agent crash, report unhealthy this long, then exit
+    json_logs: bool = True
+
+
+class Worker:
+    """Everything one `walstream worker` process runs: per namespace a fan-out agent and/or its retry tiers."""
+
+    def __init__(
+        self, endpoints: Endpoints, namespaces: Sequence[Namespace], options: WorkerOptions, metrics: Metrics
+    ) -> None:
+        if not namespaces:
+            raise ValueError("a worker needs at least one namespace")
+        self.endpoints = endpoints
+        self.namespaces = list(namespaces)
+        self.options = options
+        self.metrics = metrics
+        self.codec = Codec()
+        self.producer = DurableProducer(endpoints.kafka_bootstrap)
+        # Shared by the fan-out and the retry tiers of this process: one flood budget and one delete pace per
+        # namespace (and target).
+        self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics) for ns in self.namespaces}
+        self._pacers: dict[str, dict[str, DeletePacer]] = {ns.name: delete_pacers(ns) for ns in self.namespaces}
+        fanout_logs = [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces]
+        self.liveness = Liveness(
+            endpoints.kafka_bootstrap,
+            f"walstream.{options.group}",
+            fanout_logs if options.role is not Role.RETRY else [],
+            metrics,
+            stall_s=options.stall_s,
+            paused=lambda namespace: self._guards[namespace].holding,
+        )
+        self.supervisor = Supervisor(options.crash_grace_s, self.liveness.crashed)
+        self.app: faust.App | None = None
+        self.retry: RetryRunner | None = None
+        if options.role in (Role.ALL, Role.FANOUT):
+            self.app = self._build_fanout()
+        if options.role in (Role.ALL, Role.RETRY):
+            self.retry = RetryRunner(
+                endpoints.kafka_bootstrap,
+                f"walstream.{options.group}.retry",
+                tier_topics_of(self.namespaces),
+                self._retry_appliers,
+                self.codec,
+                self.fail_fast,
+                options.batch_size,
+                tier_ms={ns.name: ns.tier_delays_ms() for ns in self.namespaces},
+                metrics=metrics,
+            )
+        retry = self.retry
+        self.health = WorkerHealth(
+            options.role.value, self.liveness, self._guards, lambda: retry is None or retry.alive
+        )
+
+    def appliers(self, connections: Connections) -> dict[str, Applier]:
+        """One Applier per namespace, its sinks on ``connections`` (each event loop needs its own)."""
+        return {
+            ns.name: build_applier(
+                ns,
+                build_sinks(ns, connections, self.producer),
+                self.producer,
+                self.metrics,
+                guard=self._guards[ns.name],
+                pacers=self._pacers[ns.name],
+                codec=self.codec,
+                hold_s=self.options.flood_hold_s,
+            )
+            for ns in self.namespaces
+        }
+
+    def _retry_appliers(self) -> tuple[Mapping[str, Applier], Callable[[], Awaitable[None]]]:
+        connections = Connections(self.endpoints)
+        return self.appliers(connections), connections.close
+
+    def _build_fanout(self) -> faust.App:
+        options = self.options
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        app = WalApp(
+            f"walstream.{options.group}",
+            broker=f"kafka://{self.endpoints.kafka_bootstrap}",
+            store="memory://",
+            autodiscover=False,
+            web_enabled=False,
+            datadir=str(options.data_dir),
+            topic_replication_factor=options.replication_factor,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            key_serializer="raw",
+            value_serializer="raw",
+            stream_wait_empty=False,
+            broker_commit_every=options.batch_size * 4,
+        )
+        connections = Connections(self.endpoints)
+        app.closers.append(connections.close)
+        appliers = self.appliers(connections)
+        for ns in self.namespaces:
+            add_fanout_agent(
+                app, ns, appliers[ns.name], self.metrics, self.fail_fast, options.batch_size, options.batch_within_s
+            )
+        return app
+
+    def ensure_topics(self) -> None:
+        admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
+        for ns in self.namespaces:
+            admin.ensure_topics(topic_specs(ns))
+
+    def fail_fast(self, exc: BaseException, where: str = "an agent") -> None:
+        self.supervisor.fail_fast(exc, where)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        logging.config.dictConfig(logging_config("INFO", self.options.json_logs))
+        self.ensure_topics()
+        server = None
+        if self.options.metrics_port is not None:
+            server = HealthServer(
+                self.metrics, self.health.health, self.health.readiness, self.options.metrics_port
+            ).start()
+            log.info("metrics and health on port %d", server.port)
+        if self.retry is not None:
+            self.retry.start()
+        self.liveness.start()
+        try:
+            if self.app is None:
+                return _wait_for_signal()
+            worker = faust.Worker(
+                self.app,
+                loglevel="INFO",
+                quiet=True,
+                redirect_stdouts=False,
+                logging_config=logging_config("INFO", self.options.json_logs),
+            )
+            try:
+                worker.execute_from_commandline()
+            except SystemExit as exc:
+                return int(exc.code or 0)
+            return 0
+        finally:
+            self.liveness.stop()
+            if self.retry is not None:
+                self.retry.stop()
+            self.producer.close()
+            if server is not None:
+                server.stop()
+
+
+def _wait_for_signal() -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    return 0
