@@ -8,6 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from streams.namespaces import (
     CassandraTarget,
@@ -371,3 +372,33 @@ def test_non_canonical_tiers_are_normalised(tmp_path: Path) -> None:
     ns = load_namespace(write(tmp_path, document))
     assert ns.retry.tiers == ("500ms", "1m", "1h")
     assert ns.tier_delays_ms() == (500, 60_000, 3_600_000)
+
+
+def _documented_keys() -> set[str]:
+    """The keys in the first column of the table in examples/namespaces/README.md."""
+    rows = (EXAMPLES / "README.md").read_text().splitlines()
+    return {line.split("|")[1].strip().strip("`") for line in rows if line.startswith("| `")}
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= _model_keys(annotation, key + ".")
+        else:
+            keys.add(key)
+    return keys
+
+
+def test_every_namespace_key_is_in_the_documented_table() -> None:
+    assert _documented_keys() == _model_keys(Namespace)
+
+
+def test_every_target_key_is_documented() -> None:
+    text = (EXAMPLES / "README.md").read_text()
+    for model in (CassandraTarget, ElasticsearchTarget, KafkaTarget):
+        for name in model.model_fields:
+            if name != "type":
+                assert f"`{name}`" in text, f"{model.__name__}.{name} is not documented"
