@@ -26,9 +26,10 @@ class Metrics:
         self.undecodable = Counter(
             "walstream_undecodable_total", "Records that did not decode", ["namespace", "reason"], registry=r
         )
-        #: Entries that every target already held (replays, duplicates): nothing was written.
-        self.duplicates = Counter(
-            "walstream_duplicates_total", "Entries skipped as already applied", ["namespace"], registry=r
+        #: Entries by what they did to their key: applied (now its version in every target), stale (changed
+        #: nothing: a duplicate, a replay, or overtaken by a newer version), pending (a target still needs it).
+        self.entry_results = Counter(
+            "walstream_entry_results_total", "Entries by result", ["namespace", "result"], registry=r
         )
         #: Records sent to the dead-letter topic, by error class.
         self.dead_letters = Counter(

@@ -15,6 +15,9 @@ _MAX_INT = 2**31 - 1
 
 #: The Kafka header that carries a WAL record's entry id, so tools can find an entry without decoding it.
 ENTRY_ID_HEADER = "walstream-entry-id"
+#: Headers of an entry a retry tier handed back to its log: the attempts made so far, and the first error.
+ATTEMPT_HEADER = "walstream-attempt"
+FIRST_ERROR_HEADER = "walstream-first-error"
 
 
 class Op(StrEnum):

@@ -50,7 +50,15 @@ class EntryOutcome:
     applied: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     failed: Mapping[str, SinkResult] = field(default_factory=dict)
-    change: ChangeOp | None = None  # set when the entry is now applied everywhere and changed something
+    change: ChangeOp | None = None  # set when the entry changed its key: announce it
+    newest: bool = False  # the entry became the key's version in every one of its targets
+
+    @property
+    def result(self) -> str:
+        """applied (now the key's version everywhere), stale (changed nothing), or pending (a target needs it)."""
+        if self.failed:
+            return "pending"
+        return "applied" if self.newest else "stale"
 
     @property
     def done(self) -> bool:
@@ -77,6 +85,14 @@ class EntryOutcome:
 class DispatchResult:
     outcomes: list[EntryOutcome]
     state: dict[str, KeyState]  # the new state of every key the batch touched
+
+
+def _change(op: Op, existed: bool) -> ChangeOp | None:
+    """What the key's newest version does to it: c for a first version (or the first after a delete), u after a
+    live one, d for a delete of a live key; a delete of an absent key changes nothing."""
+    if op is Op.DELETE:
+        return ChangeOp.DELETE if existed else None
+    return ChangeOp.UPDATE if existed else ChangeOp.CREATE
 
 
 class Dispatcher:
@@ -154,18 +170,18 @@ class Dispatcher:
                         updated[target] = sequence
                 held_now = MappingProxyType(updated)
             change = None
+            newest = False
             version, exists = current.version, current.exists
-            if not failed and entry.sequence > current.version:
-                version, exists = entry.sequence, entry.op is Op.UPSERT
-                if applied:
-                    change = (
-                        ChangeOp.DELETE
-                        if entry.op is Op.DELETE
-                        else (ChangeOp.UPDATE if current.exists else ChangeOp.CREATE)
-                    )
+            sequence = entry.sequence
+            # The entry is the key's newest version once every one of its targets holds exactly it: a target
+            # holding a newer one means the entry was overtaken, and it is never announced.
+            if not failed and sequence > version and all(held_now.get(t, -1) == sequence for t in (*todo, *skipped)):
+                newest = True
+                change = _change(entry.op, exists)
+                version, exists = sequence, entry.op is Op.UPSERT
             if held_now is not current.applied or version != current.version or exists != current.exists:
                 new_state[entry.key] = KeyState(held_now, version, exists)
-            outcomes.append(EntryOutcome(entry, applied, skipped, failed or _NO_FAILURES, change))
+            outcomes.append(EntryOutcome(entry, applied, skipped, failed or _NO_FAILURES, change, newest))
         return DispatchResult(outcomes, new_state)
 
     def _targets_of(self, entry: WalEntry) -> tuple[Sequence[str], dict[str, SinkResult] | None]:

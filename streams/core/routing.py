@@ -4,22 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from streams import topics
 from streams.codec import Codec, DecodeError
 from streams.core.dispatch import EntryOutcome
 from streams.core.flood import FloodGuard
-from streams.core.schedule import Hop, RetrySchedule
+from streams.core.schedule import Hop, RetrySchedule, due_ms
 from streams.metrics import Metrics
-from streams.model import DeadLetter, ErrorClass, Origin, RetryEnvelope, WalEntry
+from streams.model import (
+    ATTEMPT_HEADER,
+    ENTRY_ID_HEADER,
+    FIRST_ERROR_HEADER,
+    DeadLetter,
+    ErrorClass,
+    Origin,
+    RetryEnvelope,
+    WalEntry,
+)
 from streams.ports import Delivery, Producer
 from streams.tracing import kafka_trace_headers
 
+#: The first error travels in a header; a longer one is cut (the retry envelope and the DLQ keep it whole).
+_MAX_ERROR_HEADER = 1000
+
+
+def retry_history(headers: Iterable[tuple[str, bytes | None]]) -> tuple[int, str | None]:
+    """The attempts made so far and the first error of a log record a retry tier handed back (0 and None for an
+    entry's first delivery)."""
+    attempt, first_error = 0, None
+    for name, value in headers:
+        if name == ATTEMPT_HEADER and value and value.isdigit():
+            attempt = int(value)
+        elif name == FIRST_ERROR_HEADER and value is not None:
+            first_error = value.decode("utf-8", "replace")
+    return attempt, first_error
+
 
 class Router:
-    """Builds and sends the retry envelope or dead letter of an entry that was not applied, and the tier hop of a
-    delayed entry; each send returns the future of its durable answer."""
+    """Sends whatever is not applied now to the one place it belongs, each send the future of its durable answer:
+    a failed entry to a retry tier or the DLQ, a delayed entry to the tier it waits in, and an entry whose wait
+    is over back to the namespace's log, where the key's owner decides what it changes (one writer per key)."""
 
     def __init__(
         self,
@@ -39,6 +64,7 @@ class Router:
         self._metrics = metrics
         self.guard = guard
         self._dlq = topics.dlq_topic(namespace)
+        self._log = topics.wal_topic(namespace)
 
     def dead_letters_needed(self, outcomes: Sequence[tuple[EntryOutcome, int]]) -> int:
         """How many of these (outcome, attempt) pairs would go to the DLQ (for the flood guard)."""
@@ -111,6 +137,32 @@ class Router:
             headers=headers,
             # Same partition number as in the log: the key's owner keeps owning it.
             partition=origin.partition,
+        )
+
+    def when_due(self, envelope: RetryEnvelope, now_ms: int) -> asyncio.Future[Delivery]:
+        """An envelope whose tier time is over: a delayed entry that is still not due moves on to its next tier;
+        anything else goes back to the log."""
+        if envelope.attempt == 0:
+            hop = self._schedule.toward(due_ms(envelope.entry), now_ms)
+            if hop is not None:
+                return self.delayed(envelope.entry, envelope.origin, hop)
+        return self.hand_back(envelope)
+
+    def hand_back(self, envelope: RetryEnvelope) -> asyncio.Future[Delivery]:
+        """Write the entry back to its log, on its key's partition, with its retry history in headers. The entry
+        is unchanged (same id, sequence and targets): the owner's idempotency table knows which targets still
+        need it, and whether a newer version overtook it meanwhile."""
+        entry = envelope.entry
+        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers)]
+        if envelope.attempt:
+            headers.append((ATTEMPT_HEADER, str(envelope.attempt).encode()))
+            headers.append((FIRST_ERROR_HEADER, envelope.first_error[:_MAX_ERROR_HEADER].encode()))
+        return self._producer.send_nowait(
+            self._log,
+            entry.key.encode(),
+            self._codec.encode_entry(entry),
+            headers=headers,
+            partition=envelope.origin.partition,
         )
 
     def undecodable(

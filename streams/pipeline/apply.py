@@ -26,11 +26,14 @@ Sends = list[asyncio.Future[Delivery]]
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What the pipeline needs of a consumed Kafka record (built from a Faust event, or by a test)."""
+    """What the pipeline needs of a consumed log record (built from a Faust event, or by a test). An entry a
+    retry tier handed back carries its attempts so far and its first error."""
 
     key: bytes | None
     value: bytes
     origin: Origin
+    attempt: int = 0
+    first_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +157,12 @@ class Applier:
         skipped: collections.Counter[tuple[str, ...]] = collections.Counter()
         counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (target, outcome)
         changes: collections.Counter[str] = collections.Counter()
-        duplicates = 0
+        results: collections.Counter[str] = collections.Counter()
         end_to_end = metrics.child(metrics.end_to_end, ns)
         now = time.time()
         now_ms = int(now * 1000)
         for outcome, item in zip(result.outcomes, items, strict=True):
+            results[outcome.result] += 1
             if outcome.applied:
                 applied[outcome.applied] += 1
             if outcome.skipped:
@@ -175,8 +179,6 @@ class Applier:
                 due = due_ms(entry)
                 if due:
                     metrics.child(metrics.delay_lateness, ns).observe(max(now - due / 1000, 0.0))
-            elif not outcome.applied:
-                duplicates += 1  # every target already held this version or a newer one
         for outcomes, label in ((applied, "applied"), (skipped, "skipped")):
             for targets, count in outcomes.items():
                 for target in targets:
@@ -185,8 +187,8 @@ class Applier:
             metrics.child(metrics.entries, ns, target, label).inc(count)
         for op, count in changes.items():
             metrics.child(metrics.changes, ns, op).inc(count)
-        if duplicates:
-            metrics.child(metrics.duplicates, ns).inc(duplicates)
+        for outcome_result, count in results.items():
+            metrics.child(metrics.entry_results, ns, outcome_result).inc(count)
 
     def _publish(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> asyncio.Future[Delivery]:
         event = ChangeEvent.for_entry(entry, origin, now_ms, change)

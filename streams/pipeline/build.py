@@ -29,6 +29,19 @@ def delete_pacers(ns: Namespace) -> dict[str, DeletePacer]:
     return {target: DeletePacer(rate) for target in ns.targets} if rate else {}
 
 
+def build_router(
+    ns: Namespace,
+    producer: Producer,
+    metrics: Metrics,
+    *,
+    guard: FloodGuard | None = None,
+    codec: Codec | None = None,
+) -> Router:
+    """The namespace's router: retry tiers, the DLQ (within the flood guard's limit) and hand-backs to the log."""
+    guard = guard or FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics)
+    return Router(ns.name, tuple(ns.targets), schedule_of(ns), producer, codec or Codec(), metrics, guard)
+
+
 def build_applier(
     ns: Namespace,
     sinks: Mapping[str, Sink],
@@ -45,13 +58,11 @@ def build_applier(
     delete pacer, a router for what is not applied, and the flood guard (shared where one is given)."""
     wrapped: dict[str, Sink] = {}
     for name, sink in sinks.items():
-        target: Sink = Breaker(sink) if breakers else sink
+        target: Sink = Breaker(sink, namespace=ns.name) if breakers else sink
         pacer = (pacers or {}).get(name)
         wrapped[name] = Throttled(target, pacer) if pacer is not None else target
     codec = codec or Codec()
-    schedule = schedule_of(ns)
-    guard = guard or FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics)
-    router = Router(ns.name, tuple(ns.targets), schedule, producer, codec, metrics, guard)
+    router = build_router(ns, producer, metrics, guard=guard, codec=codec)
     return Applier(
         ns.name,
         Dispatcher(wrapped, PayloadCodec(ns.payload).decode),
@@ -59,6 +70,6 @@ def build_applier(
         producer,
         codec,
         metrics,
-        schedule,
+        schedule_of(ns),
         hold_s,
     )

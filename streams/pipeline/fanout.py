@@ -15,6 +15,9 @@ from streams.pipeline.batching import finish, retrieve
 class FanoutProcessor:
     """The fan-out agent's step for one namespace: decode → delay or dispatch → route → (caller acks).
 
+    It is the one writer of its keys: first deliveries and entries handed back by the retry tiers alike pass
+    here, and only here is it decided (from the key's state) whether an entry changes its key and is announced.
+
     Batches may be processed concurrently (the Batcher pipelines them) and stay in order all the same: the apply
     step (sink writes, change events, retry and DLQ records) runs one batch at a time, in the order the batches
     arrived, and sees the idempotency state every earlier batch left, even before it is in the table. Each batch
@@ -43,7 +46,7 @@ class FanoutProcessor:
                 if isinstance(entry, DecodeError):
                     undecodable.append((record, entry))
                     continue
-                item = Pending(entry, record.value, record.origin)
+                item = Pending(entry, record.value, record.origin, record.attempt, record.first_error)
                 if not self._applier.delay_if_not_due(item, sends):
                     items.append(item)
             state: dict[str, KeyState] = {}

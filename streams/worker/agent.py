@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from streams import topics
+from streams.core.routing import retry_history
 from streams.metrics import Metrics
 from streams.model import Origin
 from streams.namespaces import Namespace
@@ -74,4 +75,7 @@ def add_fanout_agent(
 
 def _record(event: Any) -> Record:
     message = event.message
-    return Record(key=message.key, value=message.value, origin=Origin(message.topic, message.partition, message.offset))
+    headers = message.headers or ()
+    attempt, first_error = retry_history(headers.items() if isinstance(headers, dict) else headers)
+    origin = Origin(message.topic, message.partition, message.offset)
+    return Record(message.key, message.value, origin, attempt, first_error)

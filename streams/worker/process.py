@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging.config
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +24,7 @@ from streams.logs import logging_config
 from streams.metrics import Metrics
 from streams.namespaces import Namespace
 from streams.pipeline.apply import Applier
-from streams.pipeline.build import build_applier, delete_pacers
+from streams.pipeline.build import build_applier, build_router, delete_pacers
 from streams.worker.agent import add_fanout_agent
 from streams.worker.app import WalApp
 from streams.worker.health import WorkerHealth
@@ -90,11 +90,15 @@ class Worker:
         if options.role in (Role.ALL, Role.FANOUT):
             self.app = self._build_fanout()
         if options.role in (Role.ALL, Role.RETRY):
+            routers = {
+                ns.name: build_router(ns, self.producer, metrics, guard=self._guards[ns.name], codec=self.codec)
+                for ns in self.namespaces
+            }
             self.retry = RetryRunner(
                 endpoints.kafka_bootstrap,
                 f"walstream.{options.group}.retry",
                 tier_topics_of(self.namespaces),
-                self._retry_appliers,
+                routers,
                 self.codec,
                 self.fail_fast,
                 options.batch_size,
@@ -107,7 +111,7 @@ class Worker:
         )
 
     def appliers(self, connections: Connections) -> dict[str, Applier]:
-        """One Applier per namespace, its sinks on ``connections`` (each event loop needs its own)."""
+        """One Applier per namespace, its sinks on ``connections``."""
         return {
             ns.name: build_applier(
                 ns,
@@ -121,10 +125,6 @@ class Worker:
             )
             for ns in self.namespaces
         }
-
-    def _retry_appliers(self) -> tuple[Mapping[str, Applier], Callable[[], Awaitable[None]]]:
-        connections = Connections(self.endpoints)
-        return self.appliers(connections), connections.close
 
     def _build_fanout(self) -> faust.App:
         options = self.options

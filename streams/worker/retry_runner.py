@@ -1,13 +1,12 @@
-"""Retry tiers: hold each tier partition until its head is due (pause/resume), then apply what is still pending."""
+"""Retry tiers: hold each tier partition until its head is due (pause/resume), then hand the entry back to its log."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -15,12 +14,12 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from connectors.kafka.config import consumer_config
 from streams import topics
 from streams.codec import Codec, DecodeError
-from streams.core.dispatch import KeyState
+from streams.core.routing import Router
 from streams.core.schedule import due_ms
 from streams.core.tiers import TP, TierBook
 from streams.metrics import Metrics
 from streams.model import Origin
-from streams.pipeline.apply import Applier, Pending, Sends, settle
+from streams.pipeline.apply import Sends, settle
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +30,15 @@ _TIER_CONSUMER = {"max.poll.interval.ms": 300000, "session.timeout.ms": 30000, "
 class RetryRunner:
     """One consumer over the tier topics of its namespaces, in its own thread and event loop.
 
+    It only holds entries until they are due; it never writes a target. A due entry goes back to its
+    namespace's log (a delayed entry that is not due yet moves on to its next tier), where the fan-out agent
+    that owns the key applies what is still pending and decides whether it changes the key: one writer per key,
+    so the change topic stays a faithful history.
+
     A partition whose head is not due is paused and its position rewound to the head; it is resumed when the
     head is due. Pauses are local to this consumer: after a rebalance the new owner starts unpaused, reads the
-    head and pauses on its own, so no partition stays paused forever. Offsets are committed only after the
-    outcome of each record is durable, and only as a contiguous prefix per partition.
+    head and pauses on its own, so no partition stays paused forever. Offsets are committed only after each
+    record's hand-back is durable, and only as a contiguous prefix per partition.
     """
 
     def __init__(
@@ -42,7 +46,7 @@ class RetryRunner:
         bootstrap: str,
         group: str,
         tier_topics: Mapping[str, Sequence[str]],
-        make_appliers: Callable[[], tuple[Mapping[str, Applier], Callable[[], Awaitable[None]]]],
+        routers: Mapping[str, Router],
         codec: Codec,
         on_fatal: Callable[[BaseException], None],
         batch_size: int = 500,
@@ -51,7 +55,7 @@ class RetryRunner:
     ) -> None:
         self._config = consumer_config(bootstrap, group, overrides=_TIER_CONSUMER)
         self._topics = {topic: ns for ns, names in tier_topics.items() for topic in names}
-        self._make_appliers = make_appliers
+        self._routers = dict(routers)
         self._codec = codec
         self._on_fatal = on_fatal
         self._batch = batch_size
@@ -84,7 +88,6 @@ class RetryRunner:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            appliers, close = self._make_appliers()
             consumer = Consumer(self._config)
             consumer.subscribe(sorted(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self.ready.set()
@@ -95,11 +98,10 @@ class RetryRunner:
                     ready = self._book.release_due(time.time() * 1000) + self._take_due(consumer, messages)
                     self._report_held()
                     if ready:
-                        loop.run_until_complete(self._process(appliers, ready))
+                        loop.run_until_complete(self._process(ready))
                         self._commit(consumer, ready)
             finally:
                 consumer.close()
-                loop.run_until_complete(close())
         except BaseException as exc:  # noqa: BLE001 - nothing may fail silently in a background thread
             if not self._stop.is_set():
                 self._on_fatal(exc)
@@ -171,32 +173,16 @@ class RetryRunner:
             ready.append((msg, envelope))
         return ready
 
-    async def _process(self, appliers: Mapping[str, Applier], ready: list[tuple[Message, Any]]) -> None:
+    async def _process(self, ready: list[tuple[Message, Any]]) -> None:
         sends: Sends = []
-        by_ns: dict[str, list[Pending]] = {}
+        now_ms = int(time.time() * 1000)
         for msg, envelope in ready:
-            namespace = self._topics[msg.topic() or ""]
-            applier = appliers[namespace]
-            origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            router = self._routers[self._topics[msg.topic() or ""]]
             if isinstance(envelope, DecodeError):
-                sends.append(applier.router.undecodable(msg.value() or b"", msg.key(), origin, envelope))
-                continue
-            entry = dataclasses.replace(envelope.entry, targets=envelope.pending_targets)
-            item = Pending(
-                entry,
-                self._codec.encode_entry(envelope.entry),
-                envelope.origin,
-                envelope.attempt,
-                envelope.first_error or None,
-            )
-            if envelope.attempt == 0 and applier.delay_if_not_due(item, sends):
-                continue
-            by_ns.setdefault(namespace, []).append(item)
-        for namespace, items in by_ns.items():
-            # No idempotency table here: retried targets are written again (they are versioned), and an upsert
-            # is announced as an update.
-            state = {i.entry.key: KeyState(exists=True) for i in items}
-            await appliers[namespace].apply(items, state, sends)
+                origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+                sends.append(router.undecodable(msg.value() or b"", msg.key(), origin, envelope))
+            else:
+                sends.append(router.when_due(envelope, now_ms))
         await settle(sends)
 
     def _commit(self, consumer: Consumer, ready: list[tuple[Message, Any]]) -> None:

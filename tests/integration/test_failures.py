@@ -301,6 +301,8 @@ def test_a_held_retry_partition_is_resumed_by_its_new_owner_after_a_rebalance(
     session, es = stores
     ns = create_namespace(endpoints, tmp_path / "ns", retry={"tiers": ["1s", "10s"], "max_attempts": 5})
     port = free_port()
+    # The tiers only hold entries; the fan-out worker that owns the keys applies them once they are handed back.
+    owner = WorkerProcess(ns, tmp_path / "data0", tmp_path / "fanout.log", role="fanout").start()
     first = WorkerProcess(ns, tmp_path / "data1", tmp_path / "first.log", metrics_port=port, role="retry").start()
     codec = Codec()
     raw = Producer({"bootstrap.servers": endpoints.kafka_bootstrap})
@@ -342,6 +344,7 @@ def test_a_held_retry_partition_is_resumed_by_its_new_owner_after_a_rebalance(
             second.stop()
     finally:
         first.stop()
+        owner.stop()
         ns.drop(session, es)
 
 

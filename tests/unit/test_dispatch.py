@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sequence
+
+import pytest
 
 from streams.core.breaker import Breaker
 from streams.core.dispatch import Dispatcher, KeyState
@@ -54,6 +57,40 @@ def test_a_partial_success_is_remembered_per_target() -> None:
     retried = _dispatch(d, [_entry("k", 7)], result.state)
     assert a.writes == writes_a  # only the target that failed is written again
     assert retried.outcomes[0].applied == ("b",) and retried.outcomes[0].change is ChangeOp.CREATE
+
+
+def test_a_delete_of_an_absent_key_changes_nothing_but_is_remembered() -> None:
+    a = MemorySink("a")
+    d = Dispatcher({"a": a}, lambda raw: json.loads(raw))
+    result = _dispatch(d, [_entry("k", 5, Op.DELETE), _entry("k", 3), _entry("k", 9)])
+    deleted, stale, created = result.outcomes
+    assert deleted.change is None and deleted.result == "applied"  # a tombstone, but no event
+    assert stale.change is None and stale.result == "stale"  # older than the delete: never resurrects the key
+    assert created.change is ChangeOp.CREATE
+
+
+def test_an_entry_overtaken_while_pending_is_never_announced() -> None:
+    a, b = MemorySink("a"), MemorySink("b")
+    d = Dispatcher({"a": a, "b": b}, lambda raw: json.loads(raw))
+    b.fail = Outcome.RETRYABLE
+    new = _dispatch(d, [_entry("k", 9)])  # written to a, pending on b
+    b.fail = None
+    # A late writer's older entry arrives before the retry: b takes it, a already holds something newer.
+    late = _dispatch(d, [_entry("k", 5)], new.state)
+    (outcome,) = late.outcomes
+    assert outcome.applied == ("b",) and outcome.skipped == ("a",)
+    assert outcome.change is None and outcome.result == "stale"
+    # The retried entry completes: it is the key's version everywhere now, announced as the first one.
+    retried = _dispatch(d, [_entry("k", 9)], late.state)
+    assert retried.outcomes[0].change is ChangeOp.CREATE and retried.state["k"].version == 9
+    # A pending entry that a newer one overtook everywhere is dropped without an event.
+    b.fail = Outcome.RETRYABLE
+    pending = _dispatch(d, [_entry("k", 20)], retried.state)
+    b.fail = None
+    overtaken = _dispatch(d, [_entry("k", 30), _entry("k", 20)], pending.state)
+    newest, old = overtaken.outcomes
+    assert newest.change is ChangeOp.UPDATE
+    assert old.change is None and old.result == "stale"  # (b may see it: versioned, it keeps 30)
 
 
 def test_bad_payload_and_unknown_target_are_fatal() -> None:
@@ -107,3 +144,26 @@ def test_flood_guard_refuses_past_the_limit_per_minute() -> None:
         raise AssertionError("should have tripped")
     except FloodGuardTripped:
         pass
+
+
+def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    sink = MemorySink("search")
+    breaker = Breaker(sink, open_s=1.0, max_open_s=2.0, clock=lambda: now[0], namespace="ns", remind_s=30)
+    sink.fail = Outcome.RETRYABLE
+    with caplog.at_level(logging.INFO, logger="streams.core.breaker"):
+        for step in range(20):  # 20 s of failing trial batches
+            now[0] = step * 1.0
+            asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 1, None)]))
+        assert len(caplog.records) == 1 and "not answering" in caplog.records[0].getMessage()
+        assert breaker.down_since == 0.0
+        now[0] = 45.0
+        asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 1, None)]))  # still down: one reminder
+        sink.fail = None
+        now[0] = 50.0
+        asyncio.run(breaker.write([SinkWrite("k", Op.DELETE, 2, None)]))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and "still not answering after 45s" in messages[1]
+    assert "answers again after an outage of 50s" in messages[2]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert breaker.down_since is None

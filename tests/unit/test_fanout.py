@@ -56,11 +56,12 @@ class Rig:
         self.processor = FanoutProcessor(applier, self.table)
         self.offset = 0
 
-    def record(self, entry: WalEntry | bytes) -> Record:
+    def record(self, entry: WalEntry | bytes, attempt: int = 0) -> Record:
         value = entry if isinstance(entry, bytes) else CODEC.encode_entry(entry)
         self.offset += 1
         key = entry.key.encode() if isinstance(entry, WalEntry) else b"?"
-        return Record(key, value, Origin(topics.wal_topic(NS), 0, self.offset))
+        origin = Origin(topics.wal_topic(NS), 0, self.offset)
+        return Record(key, value, origin, attempt, "search is down" if attempt else None)
 
     def events(self) -> list[tuple[str, ChangeOp, int]]:
         """The change events sent: (key, op, sequence), in order."""
@@ -186,5 +187,50 @@ def test_the_flood_guard_holds_undecodable_records_instead_of_draining_them() ->
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+    run(scenario)
+
+
+def test_a_handed_back_entry_is_applied_where_pending_and_announced_once() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.search.fail = Outcome.RETRYABLE
+        first = entry("k", 1)
+        await rig.processor.process([rig.record(first)])
+        rig.search.fail = None
+        primary_writes = rig.primary.writes
+        await rig.processor.process([rig.record(first, attempt=1)])  # the retry tier hands it back
+        assert rig.primary.writes == primary_writes  # only the target that needed it was written
+        assert rig.search.rows["k"][0] == 1
+        assert rig.events() == [("k", ChangeOp.CREATE, 1)]
+        await rig.processor.process([rig.record(first, attempt=1)])  # handed back twice: changes nothing
+        assert rig.events() == [("k", ChangeOp.CREATE, 1)]
+
+    run(scenario)
+
+
+def test_a_handed_back_entry_that_a_newer_one_overtook_is_dropped_silently() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.search.fail = Outcome.RETRYABLE
+        old = entry("k", 1)
+        await rig.processor.process([rig.record(old)])
+        rig.search.fail = None
+        await rig.processor.process([rig.record(entry("k", 2))])
+        await rig.processor.process([rig.record(old, attempt=1)])
+        assert rig.events() == [("k", ChangeOp.CREATE, 2)]  # never an older version after a newer one
+        assert rig.search.rows["k"][0] == 2 and rig.primary.rows["k"][0] == 2
+
+    run(scenario)
+
+
+def test_a_handed_back_entry_failing_again_carries_its_attempts_on() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.search.fail = Outcome.RETRYABLE
+        await rig.processor.process([rig.record(entry("k", 1), attempt=3)])
+        (retried,) = [s for s in rig.producer.sent if s.topic.startswith(f"wal.{NS}.retry.")]
+        envelope = CODEC.decode_retry_envelope(retried.value or b"")
+        assert envelope.attempt == 4 and envelope.first_error == "search is down"
 
     run(scenario)

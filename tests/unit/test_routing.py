@@ -9,7 +9,7 @@ from streams import topics
 from streams.codec import Codec
 from streams.core.dispatch import EntryOutcome
 from streams.core.flood import FloodGuard
-from streams.core.routing import Router
+from streams.core.routing import Router, retry_history
 from streams.core.schedule import RetrySchedule
 from streams.metrics import Metrics
 from streams.model import DeadLetter, Op, Origin, RetryEnvelope, new_entry
@@ -86,3 +86,37 @@ def test_dead_letters_needed_counts_what_the_guard_must_admit() -> None:
         (EntryOutcome(new_entry(NS, "k", Op.DELETE, b"", sequence=1), applied=("primary", "search")), 1),  # done
     ]
     assert router.dead_letters_needed(outcomes) == 2
+
+
+def test_an_entry_due_again_is_handed_back_to_its_log_with_its_history() -> None:
+    producer = MemoryProducer()
+    router = Router(NS, ("primary", "search"), SCHEDULE, producer, CODEC, Metrics(), FloodGuard(NS, 1000))
+    entry = new_entry(NS, "k", Op.UPSERT, b"{}", sequence=7)
+    envelope = RetryEnvelope(entry, 2, 0, ("search",), "first", "last", ORIGIN, "1s")
+
+    async def send() -> None:
+        await router.when_due(envelope, int(time.time() * 1000))
+
+    asyncio.run(send())
+    (sent,) = producer.sent
+    assert sent.topic == topics.wal_topic(NS) and sent.partition == ORIGIN.partition and sent.key == b"k"
+    assert CODEC.decode_entry(sent.value or b"") == entry  # unchanged: same id, sequence and targets
+    assert retry_history(sent.headers) == (2, "first")
+    assert retry_history([]) == (0, None)
+    assert retry_history([("walstream-attempt", b"not a number")]) == (0, None)
+
+
+def test_a_delayed_entry_not_due_yet_moves_on_to_its_next_tier() -> None:
+    producer = MemoryProducer()
+    router = Router(NS, ("primary", "search"), SCHEDULE, producer, CODEC, Metrics(), FloodGuard(NS, 1000))
+    now_us = time.time_ns() // 1000
+    entry = new_entry(NS, "k", Op.UPSERT, b"{}", delay_ms=45_000, now_us=now_us)
+    envelope = RetryEnvelope(entry, 0, 0, ("primary", "search"), "", "", ORIGIN, "1m")
+
+    async def send() -> None:
+        await router.when_due(envelope, now_us // 1000 + 20_000)  # 25 s still to wait
+
+    asyncio.run(send())
+    (sent,) = producer.sent
+    assert sent.topic == "wal.orders.retry.10s"
+    assert CODEC.decode_retry_envelope(sent.value or b"").attempt == 0
