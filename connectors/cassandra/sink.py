@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ class CassandraSink:
 
     def __init__(
         self,
-        session: Session,
+        session: Session | Callable[[], Session],
         name: str,
         target: CassandraTarget,
         concurrency: int = 64,
@@ -93,7 +93,10 @@ class CassandraSink:
     ) -> None:
         self.name = name
         self.target = target
-        self._session = session
+        # A callable connects on first use (off the event loop), so a worker starts while Cassandra is down and
+        # its writes are retryable failures until it answers.
+        self._connect = session if callable(session) and not isinstance(session, Session) else None
+        self._session: Session | None = session if isinstance(session, Session) else None
         self._limit = asyncio.Semaphore(concurrency)  # requests (batches or single statements) in flight
         self._batch_statements = max(1, batch_statements)
         self._batch_bytes = batch_bytes
@@ -130,24 +133,31 @@ class CassandraSink:
                 self._statements = await asyncio.to_thread(self._prepare_blocking)
         return self._statements
 
+    def _live(self) -> Session:
+        """The session, connecting first if needed (blocking: call it off the event loop)."""
+        if self._session is None:
+            assert self._connect is not None
+            self._session = self._connect()
+        return self._session
+
     def _prepare_blocking(self) -> tuple[PreparedStatement, PreparedStatement]:
+        session = self._live()
         t = self.target
         names = [t.key_column, *(c.name for c in self._mapped)]
         marks = ", ".join("?" for _ in names)
-        upsert = self._session.prepare(
-            f"INSERT INTO {t.qualified} ({', '.join(names)}) VALUES ({marks}) USING TIMESTAMP ?"
-        )
-        delete = self._session.prepare(f"DELETE FROM {t.qualified} USING TIMESTAMP ? WHERE {t.key_column} = ?")
+        upsert = session.prepare(f"INSERT INTO {t.qualified} ({', '.join(names)}) VALUES ({marks}) USING TIMESTAMP ?")
+        delete = session.prepare(f"DELETE FROM {t.qualified} USING TIMESTAMP ? WHERE {t.key_column} = ?")
         return upsert, delete
 
     async def write(self, writes: Sequence[SinkWrite]) -> list[SinkResult]:
         if not writes:
             return []
         upsert, delete = await self._prepared()
+        session = self._live()  # connected by now: the statements were prepared on it
         results: list[SinkResult] = [_APPLIED] * len(writes)
         # Statements grouped by the replicas of their partition, so each batch's coordinator owns all of it.
         groups: dict[Any, list[tuple[int, BoundStatement, int]]] = {}
-        replicas = self._session.cluster.metadata.get_replicas
+        replicas = session.cluster.metadata.get_replicas
         keyspace = self.target.keyspace
         for index, w in enumerate(writes):
             try:
@@ -193,7 +203,7 @@ class CassandraSink:
             statement = batch
         async with self._limit:
             try:
-                await _await(self._session.execute_async(statement))
+                await _await(self._live().execute_async(statement))
                 return
             except InvalidRequest as exc:
                 if len(request) == 1:
@@ -222,7 +232,8 @@ class CassandraSink:
         return row
 
     async def _run(self, cql: str) -> None:
-        await _await(self._session.execute_async(cql, timeout=60))
+        session = await asyncio.to_thread(self._live)
+        await _await(session.execute_async(cql, timeout=60))
 
     async def close(self) -> None:
         return None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra.cluster import Cluster, Session
@@ -28,12 +29,23 @@ class Connections:
     cluster: Cluster | None = None
     session: Session | None = None
     es: AsyncElasticsearch | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def cassandra(self) -> Session:
-        if self.session is None:
-            self.cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port, timeout=5)
-            self.session = self.cluster.connect()
-        return self.session
+    def cassandra(self) -> Callable[[], Session]:
+        """Connects on first call (a sink calls it off the event loop); a failed attempt is tried again next time."""
+        return self._cassandra_session
+
+    def _cassandra_session(self) -> Session:
+        with self._lock:
+            if self.session is None:
+                cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port, timeout=5)
+                try:
+                    self.session = cluster.connect()
+                except BaseException:
+                    cluster.shutdown()
+                    raise
+                self.cluster = cluster
+            return self.session
 
     def elasticsearch(self) -> AsyncElasticsearch:
         if self.es is None:
