@@ -47,9 +47,30 @@ from streams.pipeline.apply import Record
 from streams.pipeline.batching import Batcher
 from streams.pipeline.build import build_applier
 from streams.pipeline.fanout import FanoutProcessor
+from streams.ports import Delivery, Durable
 from streams.worker.targets import Connections, apply_namespaces, build_sinks
 
 BATCH_SIZE = 500  # the worker's default --batch-size
+
+
+class DictTable:
+    """The idempotency table as a plain dict: nothing is persisted (the worker writes a changelog)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, Any] = {}
+
+    def get(self, key: bytes) -> Any:
+        return self.data.get(key)
+
+    def persist(self, changes: Sequence[Any]) -> asyncio.Future[list[Delivery]]:
+        future: asyncio.Future[list[Delivery]] = asyncio.get_running_loop().create_future()
+        future.set_result([Delivery(Durable.TRUE) for _ in changes])
+        return future
+
+    def set(self, key: bytes, value: Any) -> None:
+        self.data[key] = value
+
+
 BATCH_WITHIN_S = 0.05
 
 
@@ -65,7 +86,7 @@ async def run_core(
         # The worker's own builder, with a flood guard that never holds (every record may go to the DLQ).
         guard = FloodGuard(ns.name, len(records), metrics)
         applier = build_applier(ns, build_sinks(ns, connections, producer), producer, metrics, guard=guard)
-        processor = FanoutProcessor(applier, {})
+        processor = FanoutProcessor(applier, DictTable())
 
         async def process(batch: list[Record]) -> None:
             await processor.process(batch)

@@ -1,4 +1,4 @@
-"""The contracts between walstream's core and the systems it talks to: sinks, the producer, the durable answer.
+"""The contracts between walstream's core and the systems it talks to: sinks, the producer, the state table.
 
 The core (``streams.core``, ``streams.pipeline``) depends on these protocols only; ``connectors/`` implements them.
 """
@@ -44,6 +44,18 @@ class Delivery:
 Headers = Sequence[tuple[str, bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to send; ``entry_id`` (a WAL entry's) is echoed in its Delivery."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    partition: int | None = None
+    entry_id: str = ""
+
+
 class Producer(Protocol):
     """Sends records to Kafka topics; each send ends in a Delivery (never an exception)."""
 
@@ -67,10 +79,28 @@ class Producer(Protocol):
     ) -> Delivery:
         """Send one record and wait for its answer."""
 
+    def send_many(self, records: Sequence[Outgoing]) -> asyncio.Future[list[Delivery]]:
+        """Send records in this order; the future is their answers, in the same order, once all are in."""
+
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for outstanding deliveries; returns how many are still pending."""
 
     def close(self, timeout: float = 30.0) -> int: ...
+
+
+class StateTable(Protocol):
+    """The fan-out's idempotency state per key: read from memory, and written ahead to a durable changelog (the
+    Faust table's, partitioned like the log) before it is used."""
+
+    def get(self, key: bytes) -> Any:
+        """The key's state as last set, or None."""
+
+    def persist(self, changes: Sequence[tuple[bytes, int, Mapping[str, Any]]]) -> asyncio.Future[list[Delivery]]:
+        """Send keys' new states (key, partition, value) to their changelog partitions; the future is their
+        durable answers."""
+
+    def set(self, key: bytes, value: Mapping[str, Any]) -> None:
+        """Keep the key's new state in memory (once it is persisted)."""
 
 
 # -- sinks -------------------------------------------------------------------------------------------------------------

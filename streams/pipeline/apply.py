@@ -15,13 +15,14 @@ from streams.core.dispatch import Dispatcher, DispatchResult, KeyState
 from streams.core.routing import Router
 from streams.core.schedule import RetrySchedule, due_ms
 from streams.metrics import Metrics
-from streams.model import ChangeEvent, ChangeOp, Origin, WalEntry
-from streams.ports import Delivery, Durable, Producer
+from streams.model import ChangeOp, Origin, WalEntry
+from streams.ports import Delivery, Durable, Outgoing, Producer
 from streams.tracing import kafka_trace_headers
 
 log = logging.getLogger(__name__)
 
-Sends = list[asyncio.Future[Delivery]]
+#: The futures of a batch's follow-up records: one answer each, or one list of answers for a bulk send.
+Sends = list[asyncio.Future[Delivery] | asyncio.Future[list[Delivery]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +52,15 @@ class NotDurable(RuntimeError):
     """A CDC, retry or DLQ record could not be stored: the batch must not be acknowledged."""
 
 
-async def settle(sends: Sequence[asyncio.Future[Delivery]]) -> None:
+async def settle(sends: Sends) -> None:
     """Wait for follow-up records; raise NotDurable unless every one is stored."""
-    deliveries = await asyncio.gather(*sends)
+    deliveries: list[Delivery] = []
+    answers: list[Delivery | list[Delivery]] = await asyncio.gather(*sends)
+    for answer in answers:
+        if isinstance(answer, Delivery):
+            deliveries.append(answer)
+        else:
+            deliveries.extend(answer)
     lost = [d for d in deliveries if d.durable is not Durable.TRUE]
     if lost:
         raise NotDurable(f"{len(lost)} of {len(deliveries)} follow-up records were not stored: {lost[0].message}")
@@ -161,6 +168,7 @@ class Applier:
         end_to_end = metrics.child(metrics.end_to_end, ns)
         now = time.time()
         now_ms = int(now * 1000)
+        events: list[Outgoing] = []
         for outcome, item in zip(result.outcomes, items, strict=True):
             results[outcome.result] += 1
             if outcome.applied:
@@ -173,7 +181,7 @@ class Applier:
                 sends.append(self.router.failed(outcome, item.raw, item.origin, item.attempt + 1, item.first_error))
             elif outcome.change is not None:
                 entry = outcome.entry
-                sends.append(self._publish(entry, outcome.change, item.origin, now_ms))
+                events.append(self._event(entry, outcome.change, item.origin, now_ms))
                 changes[outcome.change.value] += 1
                 end_to_end.observe(max(now - entry.lifecycle.original_write_time / 1e6, 0.0))
                 due = due_ms(entry)
@@ -189,12 +197,10 @@ class Applier:
             metrics.child(metrics.changes, ns, op).inc(count)
         for outcome_result, count in results.items():
             metrics.child(metrics.entry_results, ns, outcome_result).inc(count)
+        if events:
+            sends.append(self._producer.send_many(events))
 
-    def _publish(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> asyncio.Future[Delivery]:
-        event = ChangeEvent.for_entry(entry, origin, now_ms, change)
-        return self._producer.send_nowait(
-            self._cdc,
-            entry.key.encode(),
-            self._codec.encode_change_event(event),
-            headers=kafka_trace_headers(entry.headers) or None,
-        )
+    def _event(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> Outgoing:
+        """The change event announcing ``entry``, keyed like it, with its trace context."""
+        value = self._codec.encode_change(entry, origin, now_ms, change)
+        return Outgoing(self._cdc, entry.key.encode(), value, kafka_trace_headers(entry.headers))

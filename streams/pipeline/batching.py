@@ -11,8 +11,9 @@ from streams.pipeline.apply import NotDurable
 
 
 class Batcher:
-    """Collects records into batches of at most ``max_size``, started when full or ``within`` seconds after the
-    first record arrived.
+    """Collects items into batches of about ``max_size`` records (an item weighs ``size(item)`` records: one by
+    default, a whole chunk of records for the fan-out agent), started when full or ``within`` seconds after the
+    first item arrived.
 
     Up to ``depth`` batches are in flight: while one waits for its follow-up records to become durable, the next
     is already being applied. A batch is acknowledged only after its ``process`` returned, and strictly in order:
@@ -29,6 +30,7 @@ class Batcher:
         within: float,
         on_fatal: Callable[[BaseException], None],
         depth: int = 2,
+        size: Callable[[Any], int] | None = None,
     ) -> None:
         self._process = process
         self._ack = ack
@@ -36,7 +38,9 @@ class Batcher:
         self._within = within
         self._on_fatal = on_fatal
         self._depth = max(1, depth)
+        self._size = size
         self._buffer: list[Any] = []
+        self._weight = 0  # records in the buffer
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,7 +50,8 @@ class Batcher:
     async def add(self, item: Any) -> None:
         self._check()
         self._buffer.append(item)
-        if len(self._buffer) >= self._max:
+        self._weight += 1 if self._size is None else self._size(item)
+        if self._weight >= self._max:
             await self._submit()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._within, self._submit_later)
@@ -75,7 +80,7 @@ class Batcher:
                 self._timer.cancel()
                 self._timer = None
             self._check()
-            batch, self._buffer = self._buffer, []
+            batch, self._buffer, self._weight = self._buffer, [], 0
             previous = self._inflight[-1] if self._inflight else None
             task = asyncio.get_running_loop().create_task(self._run(batch, previous))
             self._inflight.append(task)

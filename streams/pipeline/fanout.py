@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from streams.codec import DecodeError
 from streams.core.dispatch import KeyState
 from streams.pipeline.apply import Applier, NotDurable, Pending, Record, Sends, settle
 from streams.pipeline.batching import finish, retrieve
+from streams.ports import StateTable
 
 
 class FanoutProcessor:
@@ -22,10 +22,11 @@ class FanoutProcessor:
     step (sink writes, change events, retry and DLQ records) runs one batch at a time, in the order the batches
     arrived, and sees the idempotency state every earlier batch left, even before it is in the table. Each batch
     then waits until its own follow-up records are durable and the batch before it has finished, and only then
-    writes its state to the table. Once a batch failed, every later batch fails too, so nothing after it can be
-    acknowledged."""
+    writes its keys' new state to the table's changelog, and once that is durable, to the table itself. Once a
+    batch failed, every later batch fails too, so nothing after it can be acknowledged, and no later state
+    reaches the changelog ahead of an earlier batch's change events."""
 
-    def __init__(self, applier: Applier, table: MutableMapping[bytes, Any]) -> None:
+    def __init__(self, applier: Applier, table: StateTable) -> None:
         self.namespace = applier.namespace
         self._applier = applier
         self._table = table
@@ -63,6 +64,7 @@ class FanoutProcessor:
                 raise
             changed = {key: new for key, new in new_state.items() if new != state.get(key)}
             self._unsaved.update(changed)
+            partition = {item.entry.key: item.origin.partition for item in items}
             previous = self._previous
             finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             finished.add_done_callback(retrieve)
@@ -71,8 +73,10 @@ class FanoutProcessor:
             await settle(sends)
             if previous is not None:
                 await asyncio.shield(previous)  # raises when an earlier batch failed
-            for key, new in changed.items():
-                self._table[key.encode()] = new.to_json()
+            saved = [(name.encode(), partition[name], new.to_json()) for name, new in changed.items()]
+            await settle([self._table.persist(saved)])
+            for raw, _, value in saved:
+                self._table.set(raw, value)
         except BaseException as exc:
             self._fail(exc)
             finish(finished, exc)

@@ -128,7 +128,10 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from streams.metrics import Metrics
+    from streams.worker.app import use_uvloop
     from streams.worker.process import Role, Worker, WorkerOptions
+
+    use_uvloop()
 
     settings = load_settings()
     namespaces = _namespaces(settings, None)

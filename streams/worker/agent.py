@@ -1,12 +1,11 @@
-"""The fan-out agent of one namespace: Faust delivers the log's records, the pipeline applies them, acks in order."""
+"""The fan-out agent of one namespace: Faust delivers the log in chunks, the pipeline applies them, acks in order."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import faust
 
 from streams import topics
 from streams.core.routing import retry_history
@@ -16,12 +15,41 @@ from streams.namespaces import Namespace
 from streams.pipeline.apply import Applier, Record
 from streams.pipeline.batching import Batcher
 from streams.pipeline.fanout import FanoutProcessor
+from streams.ports import Delivery, Outgoing, Producer
+from streams.worker.app import WalApp
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+class ChangelogTable:
+    """The ``StateTable`` port on a Faust table: state is read from and set in the table's store directly, and
+    written to the table's changelog by our durable producer, on the partition of the record that changed it.
+    Faust still owns the table: its changelog topic, recovery on assignment and standby replicas. The records
+    are what Faust itself would write (raw key, JSON value), so recovery reads them as its own."""
+
+    def __init__(self, table: Any, producer: Producer) -> None:
+        self._table = table
+        self._producer = producer
+        self._topic = table.changelog_topic.get_topic_name()
+
+    def get(self, key: bytes) -> Any:
+        return self._table.data.get(key)
+
+    def persist(self, changes: Sequence[tuple[bytes, int, Mapping[str, Any]]]) -> asyncio.Future[list[Delivery]]:
+        topic, encode = self._topic, _JSON.encode
+        return self._producer.send_many(
+            [Outgoing(topic, key, encode(value).encode(), (), partition) for key, partition, value in changes]
+        )
+
+    def set(self, key: bytes, value: Mapping[str, Any]) -> None:
+        self._table.data[key] = value
 
 
 def add_fanout_agent(
-    app: faust.App,
+    app: WalApp,
     ns: Namespace,
     applier: Applier,
+    producer: Producer,
     metrics: Metrics,
     on_fatal: Callable[[BaseException, str], None],
     batch_size: int,
@@ -33,17 +61,16 @@ def add_fanout_agent(
         default=None,
         partitions=ns.partitions,
         key_type=bytes,  # raw keys; values are JSON (KeyState.to_json)
-        # Keys go to the same partition number as in the log (murmur2 on both sides), so the owner of a log
-        # partition also owns its idempotency state, without needing the current event.
-        use_partitioner=True,
     )
-    processor = FanoutProcessor(applier, table)
+    processor = FanoutProcessor(applier, ChangelogTable(table, producer))
+    log = topics.wal_topic(ns.name)
+    app.chunk(log)
     topic = app.topic(
-        topics.wal_topic(ns.name),
+        log,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
-        value_serializer="raw",
+        value_serializer="raw",  # a chunk's list of records passes through unchanged
         partitions=ns.partitions,
     )
     where = f"fan-out agent of {ns.name}"
@@ -53,14 +80,21 @@ def add_fanout_agent(
         manual = stream.noack()
 
         async def process(events: list[Any]) -> None:
-            await processor.process([_record(e) for e in events])
+            await processor.process([record for event in events for record in records_of(event.value)])
 
         async def ack(events: list[Any]) -> None:
             for event in events:
                 await manual.ack(event)
             last_ack.set_to_current_time()
 
-        batcher = Batcher(process, ack, batch_size, batch_within_s, lambda exc: on_fatal(exc, where))
+        batcher = Batcher(
+            process,
+            ack,
+            batch_size,
+            batch_within_s,
+            lambda exc: on_fatal(exc, where),
+            size=lambda event: len(event.value),
+        )
         try:
             async for event in manual.events():
                 await batcher.add(event)
@@ -73,9 +107,10 @@ def add_fanout_agent(
     app.agent(topic, name=f"walstream.fanout.{ns.name}")(fanout)
 
 
-def _record(event: Any) -> Record:
-    message = event.message
-    headers = message.headers or ()
-    attempt, first_error = retry_history(headers.items() if isinstance(headers, dict) else headers)
-    origin = Origin(message.topic, message.partition, message.offset)
-    return Record(message.key, message.value, origin, attempt, first_error)
+def records_of(chunk: Sequence[Any]) -> list[Record]:
+    """The pipeline's records of one chunk of aiokafka ConsumerRecords."""
+    records = []
+    for r in chunk:
+        attempt, first_error = retry_history(r.headers) if r.headers else (0, None)
+        records.append(Record(r.key, r.value, Origin(r.topic, r.partition, r.offset), attempt, first_error))
+    return records

@@ -26,7 +26,7 @@ from streams.namespaces import Namespace
 from streams.pipeline.apply import Applier
 from streams.pipeline.build import build_applier, build_router, delete_pacers
 from streams.worker.agent import add_fanout_agent
-from streams.worker.app import WalApp
+from streams.worker.app import new_app
 from streams.worker.health import WorkerHealth
 from streams.worker.liveness import Liveness
 from streams.worker.retry_runner import RetryRunner, tier_topics_of
@@ -128,29 +128,22 @@ class Worker:
 
     def _build_fanout(self) -> faust.App:
         options = self.options
-        options.data_dir.mkdir(parents=True, exist_ok=True)
-        app = WalApp(
-            f"walstream.{options.group}",
-            broker=f"kafka://{self.endpoints.kafka_bootstrap}",
-            store="memory://",
-            autodiscover=False,
-            web_enabled=False,
-            datadir=str(options.data_dir),
-            topic_replication_factor=options.replication_factor,
-            topic_allow_declare=True,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            key_serializer="raw",
-            value_serializer="raw",
-            stream_wait_empty=False,
-            broker_commit_every=options.batch_size * 4,
+        app = new_app(
+            f"walstream.{options.group}", self.endpoints.kafka_bootstrap, options.data_dir, options.replication_factor
         )
         connections = Connections(self.endpoints)
         app.closers.append(connections.close)
         appliers = self.appliers(connections)
         for ns in self.namespaces:
             add_fanout_agent(
-                app, ns, appliers[ns.name], self.metrics, self.fail_fast, options.batch_size, options.batch_within_s
+                app,
+                ns,
+                appliers[ns.name],
+                self.producer,
+                self.metrics,
+                self.fail_fast,
+                options.batch_size,
+                options.batch_within_s,
             )
         return app
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from streams.model import Op
-from streams.ports import Delivery, Durable, Headers, Outcome, SinkResult, SinkWrite
+from streams.ports import Delivery, Durable, Headers, Outcome, Outgoing, SinkResult, SinkWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,15 @@ class MemoryProducer:
     ) -> Delivery:
         return await self.send_nowait(topic, key, value, headers, partition)
 
+    def send_many(self, records: Sequence[Outgoing]) -> asyncio.Future[list[Delivery]]:
+        sends = [self.send_nowait(r.topic, r.key, r.value, r.headers, r.partition) for r in records]
+
+        async def gather() -> list[Delivery]:
+            answers = await asyncio.gather(*sends)
+            return [dataclasses.replace(a, entry_id=r.entry_id) for a, r in zip(answers, records, strict=True)]
+
+        return asyncio.ensure_future(gather())
+
     def flush(self, timeout: float = 30.0) -> int:
         return sum(len(held) for held in self._held.values())
 
@@ -124,3 +135,31 @@ class MemorySink:
     def live(self) -> dict[str, object]:
         """The rows that exist (not deleted), by key."""
         return {key: doc for key, (_, doc) in self.rows.items() if doc is not None}
+
+
+class MemoryTable:
+    """A ``streams.ports.StateTable`` on a dict; what was persisted is kept in ``changelog`` (key, partition,
+    value), and a key's state is visible only once ``set``."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, Any] = {}
+        self.changelog: list[tuple[bytes, int, Any]] = []
+        self.failing = False
+
+    def get(self, key: bytes) -> Any:
+        return self.data.get(key)
+
+    def persist(self, changes: Sequence[tuple[bytes, int, Mapping[str, Any]]]) -> asyncio.Future[list[Delivery]]:
+        future: asyncio.Future[list[Delivery]] = asyncio.get_running_loop().create_future()
+        if self.failing:
+            future.set_result([Delivery(Durable.UNKNOWN, "changelog refused by the test") for _ in changes])
+            return future
+        answers = []
+        for key, partition, value in changes:
+            self.changelog.append((key, partition, value))
+            answers.append(Delivery(Durable.TRUE, "", "changelog", partition, len(self.changelog) - 1))
+        future.set_result(answers)
+        return future
+
+    def set(self, key: bytes, value: Mapping[str, Any]) -> None:
+        self.data[key] = value

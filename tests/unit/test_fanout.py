@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,7 @@ from streams.pipeline.apply import NotDurable, Record
 from streams.pipeline.build import build_applier
 from streams.pipeline.fanout import FanoutProcessor
 from streams.ports import Durable, Outcome
-from tests.unit.fakes import MemoryProducer, MemorySink
+from tests.unit.fakes import MemoryProducer, MemorySink, MemoryTable
 
 NS = "orders"
 CODEC = Codec()
@@ -50,7 +49,7 @@ class Rig:
     def __init__(self, guard: FloodGuard | None = None) -> None:
         self.producer = MemoryProducer()
         self.primary, self.search = MemorySink("primary"), MemorySink("search")
-        self.table: dict[bytes, Any] = {}
+        self.table = MemoryTable()
         sinks = {"primary": self.primary, "search": self.search}
         applier = build_applier(namespace(), sinks, self.producer, Metrics(), guard=guard, breakers=False, hold_s=0.01)
         self.processor = FanoutProcessor(applier, self.table)
@@ -96,7 +95,7 @@ def test_an_overlapping_batch_sees_the_state_the_batch_before_it_left() -> None:
         rig.producer.hold(cdc)  # the first batch waits for its change events
         first = asyncio.create_task(rig.processor.process([rig.record(entry("k", 5))]))
         await until(lambda: len(rig.producer.to(cdc)) == 1, "the first batch's change event")
-        assert rig.table == {}  # nothing is in the table before its follow-up records are durable
+        assert rig.table.data == {} and rig.table.changelog == []  # nothing before the events are durable
         # The second batch runs while the first is unsettled: an older version of k changes nothing.
         second = asyncio.create_task(rig.processor.process([rig.record(entry("k", 3)), rig.record(entry("j", 1))]))
         await until(lambda: len(rig.producer.to(cdc)) == 2, "the second batch's change event")
@@ -134,7 +133,7 @@ def test_a_lost_change_event_means_no_ack_and_no_state() -> None:
         rig.producer.fail(topics.cdc_topic(NS), Durable.UNKNOWN)
         with pytest.raises(NotDurable):
             await rig.processor.process([rig.record(entry("k", 1))])
-        assert rig.table == {}  # a restart reads the record again and must not skip it
+        assert rig.table.data == {} and rig.table.changelog == []  # a restart reads it again, skips nothing
         rig.producer.recover(topics.cdc_topic(NS))
         with pytest.raises(NotDurable):  # and nothing after a failed batch is processed either
             await rig.processor.process([rig.record(entry("j", 1))])
@@ -232,5 +231,22 @@ def test_a_handed_back_entry_failing_again_carries_its_attempts_on() -> None:
         (retried,) = [s for s in rig.producer.sent if s.topic.startswith(f"wal.{NS}.retry.")]
         envelope = CODEC.decode_retry_envelope(retried.value or b"")
         assert envelope.attempt == 4 and envelope.first_error == "search is down"
+
+    run(scenario)
+
+
+def test_state_is_set_only_after_its_changelog_is_durable_and_on_the_records_partition() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.table.failing = True
+        record = rig.record(entry("k", 1))
+        record = Record(record.key, record.value, Origin(record.origin.topic, 2, record.origin.offset))
+        with pytest.raises(NotDurable):
+            await rig.processor.process([record])
+        assert rig.table.data == {}  # the change event went out, the state did not: a restart re-announces it
+        ok = Rig()
+        await ok.processor.process([record])
+        ((key, partition, value),) = ok.table.changelog
+        assert key == b"k" and partition == 2 and ok.table.data[b"k"] == value
 
     run(scenario)
