@@ -13,7 +13,19 @@ from fastavro.schema import SchemaParseException, fingerprint, to_parsing_canoni
 from fastavro.types import Schema
 
 from schemas.loader import load_history, load_schema
-from streams.model import ChangeEvent, DeadLetter, RetryEnvelope, WalEntry
+from streams import topics
+from streams.model import (
+    ENTRY_ID_HEADER,
+    ChangeEvent,
+    ChangeOp,
+    DeadLetter,
+    Origin,
+    RetryEnvelope,
+    WalEntry,
+    change_record,
+)
+from streams.ports import Headers, Outgoing
+from streams.tracing import kafka_trace_headers
 
 #: The first two bytes of an Avro single-object encoded value.
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -147,8 +159,24 @@ class Codec:
     def decode_entry(self, data: bytes) -> WalEntry:
         return self._decode(self._entry, data)
 
+    def log_record(self, entry: WalEntry, extra_headers: Headers = ()) -> Outgoing:
+        """The entry as its namespace's log holds it: keyed by its key, its id and trace context in headers."""
+        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers), *extra_headers]
+        return Outgoing(
+            topics.wal_topic(entry.namespace),
+            entry.key.encode(),
+            self.encode_entry(entry),
+            headers,
+            None,
+            entry.entry_id,
+        )
+
     def encode_change_event(self, event: ChangeEvent) -> bytes:
         return self._encode(self._change, event.to_record())
+
+    def encode_change(self, entry: WalEntry, origin: Origin, ts_ms: int, op: ChangeOp) -> bytes:
+        """The change event announcing ``entry`` with ``op``, encoded without building the ChangeEvent."""
+        return self._encode(self._change, change_record(entry, origin, ts_ms, op))
 
     def decode_change_event(self, data: bytes) -> ChangeEvent:
         return self._decode(self._change, data)

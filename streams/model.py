@@ -304,16 +304,7 @@ class ChangeEvent:
     def for_entry(cls, entry: WalEntry, origin: Origin, ts_ms: int, op: ChangeOp | None = None) -> ChangeEvent:
         """The change event announcing that ``entry``, read at ``origin``, was applied. ``op`` says what it did
         to the key (c, u or d); by default d for a delete and u otherwise."""
-        deleted = entry.op is Op.DELETE
-        return cls(
-            op=op if op is not None else (ChangeOp.DELETE if deleted else ChangeOp.UPDATE),
-            key=entry.key,
-            after=None if deleted else entry.payload,
-            source=Source(
-                entry.namespace, origin.topic, origin.partition, origin.offset, entry.sequence, entry.entry_id
-            ),
-            ts_ms=ts_ms,
-        )
+        return cls.from_record(change_record(entry, origin, ts_ms, op))
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -333,6 +324,26 @@ class ChangeEvent:
             source=Source.from_record(record["source"]),
             ts_ms=record["ts_ms"],
         )
+
+
+def change_record(entry: WalEntry, origin: Origin, ts_ms: int, op: ChangeOp | None = None) -> dict[str, Any]:
+    """The wire record of the change event announcing ``entry`` (what ``ChangeEvent.for_entry(...).to_record()``
+    gives), built straight from values that were checked already: the worker encodes one per applied entry."""
+    deleted = entry.op is Op.DELETE
+    return {
+        "op": (op if op is not None else (ChangeOp.DELETE if deleted else ChangeOp.UPDATE)).value,
+        "key": entry.key,
+        "after": None if deleted else entry.payload,
+        "source": {
+            "namespace": entry.namespace,
+            "topic": origin.topic,
+            "partition": origin.partition,
+            "offset": origin.offset,
+            "sequence": entry.sequence,
+            "entry_id": entry.entry_id,
+        },
+        "ts_ms": ts_ms,
+    }
 
 
 @dataclass(frozen=True, slots=True)

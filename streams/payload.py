@@ -11,6 +11,9 @@ from fastavro import parse_schema, schemaless_reader
 
 from streams.namespaces import PayloadSpec
 
+#: One encoder for every JSON payload: building one per call costs more than the encoding.
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
 
 class PayloadError(ValueError):
     """The payload does not match the namespace's format (the entry can never be applied as it is)."""
@@ -48,7 +51,7 @@ class PayloadCodec:
     def encode(self, document: Mapping[str, Any]) -> bytes:
         """Used by producers and tools: the exact bytes `decode` accepts."""
         if self._schema is None:
-            return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+            return _JSON.encode(document).encode()
         from fastavro import schemaless_writer
 
         out = io.BytesIO()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors.kafka.config import producer_config
-from streams.ports import Delivery, Durable, Headers
+from streams.ports import Delivery, Durable, Headers, Outgoing
 
 #: Errors after which the record is certainly not in the log: the answer is FALSE, not UNKNOWN.
 _DEFINITELY_NOT_STORED = frozenset(
@@ -35,6 +38,7 @@ class DurableProducer:
 
     def __init__(self, bootstrap: str, overrides: Mapping[str, Any] | None = None) -> None:
         self._producer = Producer(producer_config(bootstrap, overrides))
+        self._settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = weakref.WeakKeyDictionary()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="walstream-producer-poll", daemon=True)
         self._poller.start()
@@ -65,11 +69,32 @@ class DurableProducer:
         """Enqueue and return the future, so many sends can be awaited together."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
+        settler = self._settlers.get(loop)
+        if settler is None:
+            settler = self._settlers[loop] = _Settler(loop)
+        add = settler.add
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, future, _delivery(err, msg))
+            add(future, _delivery(err, msg))
 
         self._produce(topic, key, value, headers, partition, report)
+        return future
+
+    def send_many(self, records: Sequence[Outgoing]) -> asyncio.Future[list[Delivery]]:
+        """One future for many records: cheaper than a future per record when a caller writes in bulk."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Delivery]] = loop.create_future()
+        if not records:
+            future.set_result([])
+            return future
+        settler = self._settlers.get(loop)
+        if settler is None:
+            settler = self._settlers[loop] = _Settler(loop)
+        batch = _Batch(future, records, settler)
+        for index, record in enumerate(records):
+            self._produce(
+                record.topic, record.key, record.value, record.headers, record.partition, batch.reporter(index)
+            )
         return future
 
     def _produce(
@@ -103,9 +128,57 @@ class DurableProducer:
         return pending
 
 
-def _settle(future: asyncio.Future[Delivery], delivery: Delivery) -> None:
-    if not future.done():
-        future.set_result(delivery)
+class _Batch:
+    """The answers of one ``send_many``: filled in from the poll thread, handed over once all are in."""
+
+    def __init__(self, future: asyncio.Future[list[Delivery]], records: Sequence[Outgoing], settler: _Settler) -> None:
+        self._future = future
+        self._records = records
+        self._settler = settler
+        self._answers: list[Delivery | None] = [None] * len(records)
+        self._missing = len(records)
+        self._lock = threading.Lock()
+
+    def reporter(self, index: int) -> Callable[[KafkaError | None, Message | None], None]:
+        def report(err: KafkaError | None, msg: Message | None) -> None:
+            d = _delivery(err, msg)
+            entry_id = self._records[index].entry_id
+            self._answers[index] = Delivery(d.durable, d.message, d.topic, d.partition, d.offset, entry_id)
+            with self._lock:
+                self._missing -= 1
+                done = self._missing == 0
+            if done:
+                self._settler.add(self._future, self._answers)
+
+        return report
+
+
+class _Settler:
+    """Hands one event loop its delivery reports in bursts: librdkafka reports deliveries one by one from the poll
+    thread, and the first report of a burst wakes the loop once to settle every report that arrived meanwhile."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
+        self._scheduled = False
+
+    def add(self, future: asyncio.Future[Any], delivery: Any) -> None:
+        """Any thread. (The order below is what makes it safe: append, then schedule if no drain is pending.)"""
+        self._pending.append((future, delivery))
+        if not self._scheduled:
+            self._scheduled = True
+            # A closed loop raises: nobody waits for these answers any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """In the loop. Unmark first, then take everything: a report added after the last take schedules anew."""
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            future, delivery = pending.popleft()
+            if not future.done():
+                future.set_result(delivery)
 
 
 def _delivery(err: KafkaError | None, msg: Message | None) -> Delivery:

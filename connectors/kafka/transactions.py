@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors.kafka.config import producer_config
-from streams.ports import Delivery, Durable, Headers
+from streams.ports import Delivery, Durable, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,6 @@ def fail_after(entries: int) -> BatchFault:
             raise InjectedFault(f"injected failure after {entries} of the batch's entries")
 
     return fault
-
-
-@dataclass(frozen=True, slots=True)
-class TxRecord:
-    """One record of a transaction; ``entry_id`` is echoed in its Delivery."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: Headers = ()
-    entry_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +87,7 @@ class _Slot:
             self._producer.flush(timeout_s)
             self._producer = None
 
-    def write(self, records: Sequence[TxRecord], fault: BatchFault | None) -> BatchOutcome:
+    def write(self, records: Sequence[Outgoing], fault: BatchFault | None) -> BatchOutcome:
         try:
             producer = self._ready()
         except KafkaException as exc:
@@ -129,7 +118,7 @@ class _Slot:
             return self._abort(producer, f"{type(exc).__name__}: {exc}")
         return self._commit(producer, placed, errors)
 
-    def _produce(self, producer: Any, record: TxRecord, report: Any) -> None:
+    def _produce(self, producer: Any, record: Outgoing, report: Any) -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -211,7 +200,7 @@ class TransactionalWriter:
                 self._free.put_nowait(slot)
         return self._free
 
-    async def write(self, records: Sequence[TxRecord], fault: BatchFault | None = None) -> BatchOutcome:
+    async def write(self, records: Sequence[Outgoing], fault: BatchFault | None = None) -> BatchOutcome:
         """Commit every record, or none."""
         free = self._queue()
         slot = await free.get()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from connectors.kafka.producer import DurableProducer
-from connectors.kafka.transactions import BatchFault, TransactionalWriter, TxRecord
-from streams import topics
+from connectors.kafka.transactions import BatchFault, TransactionalWriter
 from streams.codec import Codec
-from streams.model import ENTRY_ID_HEADER, Op, WalEntry, new_entry
+from streams.model import Op, WalEntry, new_entry
 from streams.namespaces import Namespace, UnknownTargetError
 from streams.payload import PayloadCodec, PayloadError
 from streams.ports import Delivery, Durable, Producer
-from streams.tracing import kafka_trace_headers, with_trace
+from streams.tracing import with_trace
 
 T = TypeVar("T")
 
@@ -105,13 +103,15 @@ class WalWriter:
         return await self.write_entry(entry)
 
     async def write_entry(self, entry: WalEntry) -> Delivery:
-        delivery = await self._producer.send(
-            topics.wal_topic(entry.namespace),
-            entry.key.encode(),
-            self._codec.encode_entry(entry),
-            headers=[(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers)],
-        )
+        record = self._codec.log_record(entry)
+        delivery = await self._producer.send(record.topic, record.key, record.value, record.headers)
         return _result(entry, delivery)
+
+    async def write_many(self, entries: Sequence[WalEntry]) -> list[Delivery]:
+        """Write prepared entries in bulk: one answer per entry, in order. Entries of one key keep their order in
+        the log. Cheaper per entry than ``write_entry`` (one future for the lot, not one each)."""
+        codec = self._codec
+        return await self._producer.send_many([codec.log_record(e) for e in entries])
 
     def flush(self, timeout: float = 30.0) -> int:
         return self._producer.flush(timeout)
@@ -145,16 +145,7 @@ class AtomicWalWriter:
     ) -> tuple[Delivery, tuple[Delivery, ...]]:
         """The batch's answer and, when it is TRUE, where each entry landed. ``fault`` is for tests: called after
         each entry is produced, raising aborts the transaction."""
-        records = [
-            TxRecord(
-                topics.wal_topic(e.namespace),
-                e.key.encode(),
-                self._codec.encode_entry(e),
-                [(ENTRY_ID_HEADER, e.entry_id.encode()), *kafka_trace_headers(e.headers)],
-                e.entry_id,
-            )
-            for e in entries
-        ]
+        records = [self._codec.log_record(e) for e in entries]
         outcome = await self._transactions.write(records, fault)
         return outcome.verdict, outcome.placed
 
@@ -195,5 +186,5 @@ class SyncWalWriter:
         return pending
 
 
-def _result(entry: WalEntry, delivery: Delivery) -> Delivery:
-    return dataclasses.replace(delivery, entry_id=entry.entry_id)
+def _result(entry: WalEntry, d: Delivery) -> Delivery:
+    return Delivery(d.durable, d.message, d.topic, d.partition, d.offset, entry.entry_id)

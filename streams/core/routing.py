@@ -14,7 +14,6 @@ from streams.core.schedule import Hop, RetrySchedule, due_ms
 from streams.metrics import Metrics
 from streams.model import (
     ATTEMPT_HEADER,
-    ENTRY_ID_HEADER,
     FIRST_ERROR_HEADER,
     DeadLetter,
     ErrorClass,
@@ -152,17 +151,13 @@ class Router:
         """Write the entry back to its log, on its key's partition, with its retry history in headers. The entry
         is unchanged (same id, sequence and targets): the owner's idempotency table knows which targets still
         need it, and whether a newer version overtook it meanwhile."""
-        entry = envelope.entry
-        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers)]
+        history: list[tuple[str, bytes]] = []
         if envelope.attempt:
-            headers.append((ATTEMPT_HEADER, str(envelope.attempt).encode()))
-            headers.append((FIRST_ERROR_HEADER, envelope.first_error[:_MAX_ERROR_HEADER].encode()))
+            history.append((ATTEMPT_HEADER, str(envelope.attempt).encode()))
+            history.append((FIRST_ERROR_HEADER, envelope.first_error[:_MAX_ERROR_HEADER].encode()))
+        record = self._codec.log_record(envelope.entry, history)
         return self._producer.send_nowait(
-            self._log,
-            entry.key.encode(),
-            self._codec.encode_entry(entry),
-            headers=headers,
-            partition=envelope.origin.partition,
+            record.topic, record.key, record.value, record.headers, partition=envelope.origin.partition
         )
 
     def undecodable(
