@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from streams.core.flood import FloodGuard
 from streams.worker.liveness import Liveness
 
 
+#: Whether the fan-out runtime applies entries now, with details (see ``fanout_state``).
+Applying = Callable[[], tuple[bool, dict[str, object]]]
+
+
 class WorkerHealth:
-    """``health``: alive (no crashed agent, no stalled log, the retry thread runs). ``readiness``: alive and
-    no namespace held by its DLQ flood guard."""
+    """``health``: alive (no crashed agent, no stalled log, the retry thread runs). ``readiness``: alive,
+    applying (its partitions assigned and their idempotency state recovered, no rebalance under way), and no
+    namespace held by its DLQ flood guard."""
 
     def __init__(
         self,
@@ -18,11 +24,13 @@ class WorkerHealth:
         liveness: Liveness,
         guards: Mapping[str, FloodGuard],
         retry_alive: Callable[[], bool] = lambda: True,
+        applying: Applying = lambda: (True, {}),
     ) -> None:
         self._role = role
         self._liveness = liveness
         self._guards = dict(guards)
         self._retry_alive = retry_alive
+        self._applying = applying
 
     def health(self) -> tuple[bool, dict[str, object]]:
         ok, details = self._liveness.status()
@@ -31,9 +39,26 @@ class WorkerHealth:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         ok, details = self.health()
+        applying, state = self._applying()
         held = self.held()
-        return ok and not held, {**details, "paused_by_flood_guard": held}
+        return ok and applying and not held, {**details, **state, "paused_by_flood_guard": held}
 
     def held(self) -> list[str]:
         """The namespaces their flood guard holds."""
         return [name for name, guard in self._guards.items() if guard.holding]
+
+
+def fanout_state(app: Any) -> tuple[bool, dict[str, object]]:
+    """Whether a Faust worker app applies entries: it has received its partitions (maybe none, when the group
+    has more workers than partitions), recovered their idempotency state, and is not rebalancing."""
+    started = getattr(app, "_consumer", None) is not None and app.rebalancing_count > 0
+    recovered = started and app.tables.recovery.completed.is_set()
+    rebalancing = bool(app.rebalancing)
+    assigned = len(app._consumer.assignment()) if started else 0
+    state: dict[str, object] = {
+        "partitions_assigned": started,
+        "table_recovered": recovered,
+        "rebalancing": rebalancing,
+        "assigned_partitions": assigned,
+    }
+    return started and recovered and not rebalancing, state

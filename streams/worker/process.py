@@ -27,7 +27,7 @@ from streams.pipeline.apply import Applier
 from streams.pipeline.build import build_applier, build_router, delete_pacers
 from streams.worker.agent import add_fanout_agent
 from streams.worker.app import new_app
-from streams.worker.health import WorkerHealth
+from streams.worker.health import WorkerHealth, fanout_state
 from streams.worker.liveness import Liveness
 from streams.worker.retry_runner import RetryRunner, tier_topics_of
 from streams.worker.supervisor import Supervisor
@@ -105,9 +105,13 @@ class Worker:
                 tier_ms={ns.name: ns.tier_delays_ms() for ns in self.namespaces},
                 metrics=metrics,
             )
-        retry = self.retry
+        retry, app = self.retry, self.app
         self.health = WorkerHealth(
-            options.role.value, self.liveness, self._guards, lambda: retry is None or retry.alive
+            options.role.value,
+            self.liveness,
+            self._guards,
+            lambda: retry is None or retry.alive,
+            (lambda: fanout_state(app)) if app is not None else (lambda: (True, {})),
         )
 
     def appliers(self, connections: Connections) -> dict[str, Applier]:

@@ -24,7 +24,7 @@ from streams.pipeline.apply import Sends, settle
 log = logging.getLogger(__name__)
 
 #: A resumed partition is fetched at once: the broker answers without waiting for more data.
-_TIER_CONSUMER = {"max.poll.interval.ms": 300000, "session.timeout.ms": 30000, "fetch.wait.max.ms": 10}
+_TIER_CONSUMER = {"max.poll.interval.ms": 300000, "session.timeout.ms": 10000, "fetch.wait.max.ms": 10}
 
 
 class RetryRunner:

@@ -156,3 +156,40 @@ def test_a_trace_context_travels_from_the_writer_to_the_log_and_the_change_topic
         writer.close()
         worker.stop()
         ns.drop(*stores)
+
+
+def test_readiness_means_partitions_assigned_table_recovered_and_applying(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    ns = create_namespace(endpoints, tmp_path / "ns")
+    port = free_port()
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        assert writer.write(ns.name, "first", Op.UPSERT, {"color": "red", "qty": 1}).ok
+        wait_until(lambda: "first" in cassandra_rows(stores[0], ns.keyspace), 90, "the worker", worker.tail)
+        wait_until(lambda: _get(port, "/readyz")[0] == 200, 60, "the worker to be ready", worker.tail)
+        state = json.loads(_get(port, "/readyz")[1])
+        assert state["partitions_assigned"] and state["table_recovered"] and not state["rebalancing"]
+
+        worker.kill()  # no goodbye: the group waits for the session of the dead member to expire
+        worker.start()
+        readings: list[tuple[int, dict[str, object]]] = []
+
+        def ready_again() -> bool:
+            try:
+                status, body = _get(port, "/readyz")
+            except OSError:
+                return False  # not listening yet
+            readings.append((status, json.loads(body)))
+            return status == 200
+
+        wait_until(ready_again, 120, "the restarted worker to be ready", worker.tail)
+        # Before it had its partitions and their state, it said so instead of claiming to be ready.
+        assert readings[0][0] == 503 and not readings[0][1]["partitions_assigned"], readings[0]
+        assert writer.write(ns.name, "second", Op.UPSERT, {"color": "red", "qty": 2}).ok
+        wait_until(lambda: "second" in cassandra_rows(stores[0], ns.keyspace), 60, "it to apply", worker.tail)
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
