@@ -366,6 +366,7 @@ class WorkerProcess:
     ) -> None:
         self.namespace = namespace
         self.log = log
+        self._args = (namespace, namespace_dir, data_dir, log)
         # `python -m streams` is the `walstream` command; run it from this checkout (cwd and PYTHONPATH), so the
         # worker runs the same code as the bench whichever tree the venv was installed from.
         argv = [sys.executable, "-m", "streams"]
@@ -416,12 +417,22 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
             return f"ignored SIGTERM for {STOP_GRACE_S:.0f}s and was killed"
 
+    def kill_and_restart(self) -> WorkerProcess:
+        """SIGKILL (no shutdown, nothing committed on the way out), then start it again at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        return WorkerProcess(*self._args)
+
 
 class WorkerGroup:
     """The worker processes of one run (one consumer group); they share the namespace's partitions."""
 
     def __init__(self, members: list[WorkerProcess]) -> None:
         self.members = members
+
+    def kill_and_restart(self, index: int = 0) -> None:
+        self.members[index] = self.members[index].kill_and_restart()
 
     @property
     def pids(self) -> list[int]:
@@ -681,6 +692,15 @@ async def run_pipeline(
 
         sampler.start()
         meter.start()
+        killed_at: list[float] = []
+
+        async def kill_later() -> None:
+            await asyncio.sleep(args.kill_after)
+            killed_at.append(time.perf_counter())
+            worker.kill_and_restart()
+            say(f"  worker killed (SIGKILL) and restarted {args.kill_after:.1f} s into the run")
+
+        killer = asyncio.create_task(kill_later()) if args.kill_after else None
         produce = asyncio.create_task(produce_all(writer, ns.name, args.entries, args.in_flight))
         first_write, last_ack, failures = await produce
         if failures:
@@ -695,11 +715,15 @@ async def run_pipeline(
             stall=args.stall_timeout,
         )
         cpu = meter.stop()
+        if killer is not None and not killer.done():
+            killer.cancel()
         arrivals = list(counter.bench_arrivals)
         end = arrivals[args.entries - 1]
         n = args.entries
         lo, hi = arrivals[n // 10], arrivals[(9 * n) // 10]
+        recovery = recovery_after_kill(arrivals, killed_at[0]) if killed_at else {}
         return {
+            **recovery,
             "produce_s": last_ack - first_write,
             "pipeline_s": end - first_write,
             "first_applied_s": arrivals[0] - first_write,
@@ -714,6 +738,25 @@ async def run_pipeline(
         pending = writer.close(10)
         if pending:
             say(f"  warning: {pending} SDK writes still pending at close")
+
+
+def recovery_after_kill(arrivals: Sequence[float], killed: float, window: float = 1.0) -> dict[str, float | None]:
+    """From the change events' arrival times: seconds from the SIGKILL until the restarted worker applied its
+    first entry, and until it applied them at full rate again (a one-second window with at least 80% of the
+    rate of the three seconds before the kill)."""
+    before = [a for a in arrivals if killed - 3.0 <= a < killed]
+    rate = len(before) / 3.0
+    after = [a for a in arrivals if a >= killed]
+    first = after[0] - killed if after else None
+    full = None
+    for i, start in enumerate(after):
+        j = i
+        while j < len(after) and after[j] < start + window:
+            j += 1
+        if rate and j - i >= 0.8 * rate * window:
+            full = start - killed
+            break
+    return {"recovery_first_applied_s": first, "recovery_full_rate_s": full, "rate_before_kill": rate}
 
 
 def end_offsets(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
@@ -917,7 +960,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 keep = Path(args.keep_worker_log).resolve()
                 keep = keep if args.workers == 1 else keep.with_name(f"{keep.name}.{index + 1}")
                 cleanup.push(f"copy the worker log to {keep}", functools.partial(shutil.copyfile, log, keep))
-            cleanup.push(f"stop the worker (pid {member.pid})", member.stop)
+            # The group's current member at that index: a restarted worker (--kill-after) replaces the first.
+            cleanup.push(f"stop worker {index + 1}", functools.partial(lambda i: worker.members[i].stop(), index))
         worker = WorkerGroup(members)
         if args.workers > 1:
             say(f"  waiting for the {args.workers} workers to share the partitions")
@@ -935,6 +979,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["drain_after_last_ack_s"] = round(pipe["drain_after_last_ack_s"], 3)
         figures["cpu_cores_during_pipeline"] = {k: round(v, 2) for k, v in pipe["cpu_cores"].items()}
         figures["worker_peak_cpu_1s"] = round(pipe["worker_peak_cpu"], 2)
+        if args.kill_after:
+            figures["kill_after_s"] = args.kill_after
+            for name in ("recovery_first_applied_s", "recovery_full_rate_s"):
+                figures[name] = None if pipe.get(name) is None else round(pipe[name], 2)
         # What one entry costs the worker processes, however many there are: the figure to size a fleet by.
         worker_cpu_s = pipe["cpu_cores"].get("worker", 0.0) * pipe["pipeline_s"]
         figures["worker_cpu_us_per_entry"] = round(worker_cpu_s / n * 1e6, 1)
@@ -1028,6 +1076,13 @@ def print_report(f: dict[str, Any]) -> None:
         f"pipeline / slowest raw sink ({f['slowest_raw_sink']}): {f['ratio_vs_slowest_raw_sink']:.3f}  "
         f"({verdict} the target of {f['target_ratio']})"
     )
+    if f.get("kill_after_s"):
+        first, full = f["recovery_first_applied_s"], f["recovery_full_rate_s"]
+        print(
+            f"worker SIGKILLed and restarted {f['kill_after_s']:.1f} s into the run: applying again after "
+            f"{'-' if first is None else f'{first:.1f} s'}, "
+            f"at full rate after {'-' if full is None else f'{full:.1f} s'} (CPU figures below include the restart)"
+        )
     print(
         f"worker CPU per entry: {f['worker_cpu_us_per_entry']:.0f} µs "
         f"({f['entries_per_worker_cpu_second'] or 0:,} entries per worker CPU-second)"
@@ -1076,6 +1131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the worker under cProfile and write the profile here (slows the worker: figures are not comparable)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the partitions (default 1)")
+    parser.add_argument(
+        "--kill-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="SIGKILL the (first) worker S seconds into the run and restart it at once; prints how long it took to "
+        "apply entries again, and to do so at full rate",
+    )
     parser.add_argument("--keep-worker-log", metavar="FILE", help="copy the worker's log here before cleaning up")
     parser.add_argument("--target", type=float, default=0.6, help="the pipeline / slowest raw sink ratio to meet")
     args = parser.parse_args(argv)
