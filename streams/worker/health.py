@@ -8,7 +8,6 @@ from typing import Any
 from streams.core.flood import FloodGuard
 from streams.worker.liveness import Liveness
 
-
 #: Whether the fan-out runtime applies entries now, with details (see ``fanout_state``).
 Applying = Callable[[], tuple[bool, dict[str, object]]]
 
