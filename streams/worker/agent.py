@@ -21,6 +21,12 @@ from streams.worker.app import WalApp
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
+# The changelog holds one live record per key, but Kafka compacts only closed segments, and the default segment
+# closes after 1 GiB or 7 days: until then a restarted worker reads every write since the topic began. Closing a
+# segment every ten minutes keeps recovery proportional to the keys, not to the history.
+CHANGELOG_TOPIC_CONFIG = {"segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.5"}
+
+
 class ChangelogTable:
     """The ``StateTable`` port on a Faust table: state is read from and set in the table's store directly, and
     written to the table's changelog by our durable producer, on the partition of the record that changed it.
@@ -61,6 +67,7 @@ def add_fanout_agent(
         default=None,
         partitions=ns.partitions,
         key_type=bytes,  # raw keys; values are JSON (KeyState.to_json)
+        extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
     )
     processor = FanoutProcessor(applier, ChangelogTable(table, producer))
     log = topics.wal_topic(ns.name)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from cassandra.cluster import Session
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
@@ -30,6 +30,7 @@ from connectors.kafka.admin import KafkaAdmin, TopicSpec
 from streams import topics
 from streams.client.sdk import SyncWalWriter
 from streams.model import Op
+from streams.worker.agent import CHANGELOG_TOPIC_CONFIG
 from tests.integration.pipeline import REPO, WorkerProcess, cassandra_rows, create_namespace, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -344,6 +345,13 @@ def test_a_worker_on_an_empty_data_folder_recovers_its_table_from_the_changelog(
             "the first worker to commit every offset",
             first.tail,
         )
+        # Compaction can bound the recovery only if segments close: the changelog was created to close them often.
+        changelog = f"walstream.{ns.name}-applied-{ns.name}-changelog"
+        resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
+        admin = AdminClient({"bootstrap.servers": endpoints.kafka_bootstrap})
+        described = admin.describe_configs([resource])[resource].result(timeout=30)
+        assert described["cleanup.policy"].value == "compact"
+        assert described["segment.ms"].value == CHANGELOG_TOPIC_CONFIG["segment.ms"]
     finally:
         first.stop()
     port = free_port()
