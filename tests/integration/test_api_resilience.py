@@ -123,10 +123,10 @@ def test_calls_over_the_in_flight_limit_are_shed(endpoints: Endpoints, namespace
                 for i in range(2)
             ]
             _wait_for(lambda: small.service.limiter.in_flight == 2)
-            started = time.monotonic()
             with pytest.raises(ApiError) as shed:
                 client.write_to_log(write_request(namespace.name, "shed", "UPSERT", {"sku": "x"}))
-            assert time.monotonic() - started < 2.0, "shedding must answer at once, not queue"
+            # Answered while both slots were still held: the call was shed, not queued behind them.
+            assert not any(f.done() for f in held), "shedding must answer at once, not queue"
             assert shed.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert end_offsets(bootstrap, namespace) == before
             release()
