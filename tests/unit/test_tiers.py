@@ -61,3 +61,16 @@ def test_a_revoked_partition_is_forgotten() -> None:
     assert not book.is_held(A)
     assert book.release_due(1_000) == ["on B"]  # the new owner reads A's records again
     assert book.commits([A]) == {}
+
+
+def test_a_partition_that_comes_back_commits_from_where_its_new_reads_start() -> None:
+    book: TierBook[str] = TierBook()
+    book.start(A, 100)
+    book.finish(A, 100)
+    assert book.commits([A]) == {A: 101}
+    book.revoke([A])
+    # Back again, reading from an earlier offset (the group's position was moved back meanwhile): what this
+    # ownership finishes is committed, not measured against the last ownership's position.
+    book.start(A, 40)
+    book.finish(A, 40)
+    assert book.commits([A]) == {A: 41}
