@@ -66,6 +66,20 @@ class Metrics:
         self.paused = Gauge(
             "walstream_namespace_paused", "Namespace held by the DLQ flood guard", ["namespace"], registry=r
         )
+        #: Deletes a target took, in namespaces that throttle deletes (summed over the fleet: the rate it saw).
+        self.deletes = Counter(
+            "walstream_deletes_total",
+            "Deletes a target took (throttled namespaces)",
+            ["namespace", "target"],
+            registry=r,
+        )
+        #: This worker's share of the namespace's delete limit, in deletes per second (set on every rebalance).
+        self.delete_rate = Gauge(
+            "walstream_delete_rate_limit",
+            "This worker's share of the namespace's delete rate, deletes per second",
+            ["namespace", "target"],
+            registry=r,
+        )
         #: Records waiting in each namespace's log for this worker group (end offsets minus committed offsets).
         self.consumer_lag = Gauge("walstream_consumer_lag", "Records waiting in the log", ["namespace"], registry=r)
         #: Unix time of the last acknowledged batch (health compares it with waiting input).

@@ -24,7 +24,8 @@ def schedule_of(ns: Namespace) -> RetrySchedule:
 
 
 def delete_pacers(ns: Namespace) -> dict[str, DeletePacer]:
-    """One pacer per target when the namespace throttles deletes; share them between every Applier of a process."""
+    """One pacer per target when the namespace throttles deletes; share them between every Applier of a process.
+    Each paces at the whole rate until ``DeletePacer.assign`` gives it the share of the partitions it owns."""
     rate = ns.throttle.max_deletes_per_second
     return {target: DeletePacer(rate) for target in ns.targets} if rate else {}
 
@@ -60,7 +61,9 @@ def build_applier(
     for name, sink in sinks.items():
         target: Sink = Breaker(sink, namespace=ns.name) if breakers else sink
         pacer = (pacers or {}).get(name)
-        wrapped[name] = Throttled(target, pacer) if pacer is not None else target
+        if pacer is not None:
+            target = Throttled(target, pacer, metrics.child(metrics.deletes, ns.name, name).inc)
+        wrapped[name] = target
     codec = codec or Codec()
     router = build_router(ns, producer, metrics, guard=guard, codec=codec)
     return Applier(

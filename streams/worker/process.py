@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging.config
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -75,6 +76,9 @@ class Worker:
         # namespace (and target).
         self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics) for ns in self.namespaces}
         self._pacers: dict[str, dict[str, DeletePacer]] = {ns.name: delete_pacers(ns) for ns in self.namespaces}
+        for ns in self.namespaces:
+            for target, pacer in self._pacers[ns.name].items():
+                metrics.child(metrics.delete_rate, ns.name, target).set(pacer.rate)
         fanout_logs = [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces]
         self.liveness = Liveness(
             endpoints.kafka_bootstrap,
@@ -149,7 +153,31 @@ class Worker:
                 options.batch_size,
                 options.batch_within_s,
             )
+        app.on_partitions_assigned.connect(self._share_deletes)
         return app
+
+    def _share_deletes(self, _sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """After a rebalance (Faust's ``on_partitions_assigned``, sent with the new assignment), each throttled
+        namespace's delete pacers take this worker's share of the rate."""
+        assigned: Iterable[Any] = args[0]
+        self.share_deletes({(tp.topic, tp.partition) for tp in assigned})
+
+    def share_deletes(self, assigned: set[tuple[str, int]]) -> None:
+        for ns in self.namespaces:
+            log_topic = topics.wal_topic(ns.name)
+            owned = sum(1 for topic, _ in assigned if topic == log_topic)
+            for target, pacer in self._pacers[ns.name].items():
+                pacer.assign(owned, ns.partitions)
+                self.metrics.child(self.metrics.delete_rate, ns.name, target).set(pacer.rate)
+            if self._pacers[ns.name]:
+                log.info(
+                    "deletes of %s paced at %.1f/s: %d of %d partitions of the %.1f/s limit",
+                    ns.name,
+                    next(iter(self._pacers[ns.name].values())).rate,
+                    owned,
+                    ns.partitions,
+                    ns.throttle.max_deletes_per_second,
+                )
 
     def ensure_topics(self) -> None:
         admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
