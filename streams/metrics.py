@@ -80,6 +80,17 @@ class Metrics:
             ["namespace", "target"],
             registry=r,
         )
+        #: 1 while a dependency (kafka, cassandra, elasticsearch) answers, 0 during an outage.
+        self.dependency_up = Gauge(
+            "walstream_dependency_up", "Whether a dependency answers", ["dependency"], registry=r
+        )
+        #: Outages of a dependency, counted when they begin, and the seconds they lasted, counted when they end.
+        self.dependency_outages = Counter(
+            "walstream_dependency_outages_total", "Outages of a dependency", ["dependency"], registry=r
+        )
+        self.dependency_down_seconds = Counter(
+            "walstream_dependency_down_seconds_total", "Seconds a dependency did not answer", ["dependency"], registry=r
+        )
         #: Records waiting in each namespace's log for this worker group (end offsets minus committed offsets).
         self.consumer_lag = Gauge("walstream_consumer_lag", "Records waiting in the log", ["namespace"], registry=r)
         #: Unix time of the last acknowledged batch (health compares it with waiting input).

@@ -92,7 +92,18 @@ class GroupProbe:
         self._admin = AdminClient(admin_config(bootstrap))
         self._probe = Consumer(consumer_config(bootstrap, group))
 
+    def ping(self, timeout: float = 5.0) -> None:
+        """Raises when the cluster does not answer a metadata request."""
+        self._serve_logs()
+        self._admin.list_topics(timeout=timeout)
+
+    def _serve_logs(self) -> None:
+        # librdkafka hands its log lines to Python only from poll calls; these clients never poll otherwise.
+        self._admin.poll(0)
+        self._probe.poll(0)
+
     def position(self, topic: str, timeout: float = 5.0) -> GroupPosition:
+        self._serve_logs()
         meta = self._admin.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             raise KafkaException(meta.error)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+#: librdkafka's own lines go through Python logging (served on the clients' poll calls), so they are JSON like
+#: every other line and held to one per kind while a broker is down (``streams.logs.Quiet``).
+LOGGER = logging.getLogger("librdkafka")
+
 
 def client_config(bootstrap: str) -> dict[str, Any]:
-    """What every Kafka client of the project shares."""
-    return {"bootstrap.servers": bootstrap}
+    """What every Kafka client of the project shares: its log lines, and reconnects that back off
+    exponentially (with librdkafka's jitter) up to ten seconds while a broker is down."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "logger": LOGGER,
+        "reconnect.backoff.ms": 200,
+        "reconnect.backoff.max.ms": 10_000,
+        "log.connection.close": False,  # an idle connection closed by the broker is not news
+    }
 
 
 def producer_config(bootstrap: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

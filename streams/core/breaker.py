@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from streams.core.dependencies import Dependencies
 from streams.ports import Outcome, Sink, SinkResult, SinkWrite
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,8 @@ class Breaker:
 
     An outage is told once: a WARNING when the target stops answering, a reminder at most every
     ``remind_s`` while it lasts, and a WARNING with its duration when it answers again. Nothing here needs a
-    person: the entries wait in the retry tiers."""
+    person: the entries wait in the retry tiers. Given ``dependencies`` and the store's name (``dependency``),
+    the story is told there instead, once for every target on that store."""
 
     def __init__(
         self,
@@ -28,7 +30,11 @@ class Breaker:
         clock: Callable[[], float] = time.monotonic,
         namespace: str = "",
         remind_s: float = 30.0,
+        dependencies: Dependencies | None = None,
+        dependency: str = "",
     ) -> None:
+        self._dependencies = dependencies
+        self._dependency = dependency or sink.name
         self.name = sink.name
         self._sink = sink
         self._base = open_s
@@ -70,6 +76,10 @@ class Breaker:
         return results
 
     def _tell_down(self, now: float) -> None:
+        if self._dependencies is not None:
+            self._down_since = self._down_since or now
+            self._dependencies.down(self._dependency, self._last_error)
+            return
         extra = {"namespace": self._namespace, "target": self.name}
         if self._down_since is None:
             self._down_since = self._reminded = now
@@ -90,6 +100,10 @@ class Breaker:
             )
 
     def _tell_up(self) -> None:
+        if self._dependencies is not None:
+            self._down_since = None
+            self._dependencies.up(self._dependency)
+            return
         if self._down_since is not None:
             log.warning(
                 "target %s answers again after an outage of %.0fs",

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from streams.codec import Codec
 from streams.core.breaker import Breaker
+from streams.core.dependencies import Dependencies
 from streams.core.dispatch import Dispatcher
 from streams.core.flood import FloodGuard
 from streams.core.routing import Router
@@ -54,12 +55,17 @@ def build_applier(
     codec: Codec | None = None,
     breakers: bool = True,
     hold_s: float = 30.0,
+    dependencies: Dependencies | None = None,
 ) -> Applier:
-    """The namespace's Applier: each sink behind its circuit breaker (a store that is down fails fast) and its
-    delete pacer, a router for what is not applied, and the flood guard (shared where one is given)."""
+    """The namespace's Applier: each sink behind its circuit breaker (a store that is down fails fast, and tells
+    ``dependencies``) and its delete pacer, a router for what is not applied, and the flood guard (shared where
+    one is given)."""
     wrapped: dict[str, Sink] = {}
     for name, sink in sinks.items():
-        target: Sink = Breaker(sink, namespace=ns.name) if breakers else sink
+        kind = ns.targets[name].type
+        target: Sink = (
+            Breaker(sink, namespace=ns.name, dependencies=dependencies, dependency=kind) if breakers else sink
+        )
         pacer = (pacers or {}).get(name)
         if pacer is not None:
             target = Throttled(target, pacer, metrics.child(metrics.deletes, ns.name, name).inc)

@@ -56,6 +56,7 @@ def _stack(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from streams.tools.demo import run_demo
 
+    _json_logs("WARNING")
     settings = load_settings()
     namespaces = _namespaces(settings, None)
     if args.namespace not in namespaces:
@@ -158,6 +159,16 @@ def _worker(args: argparse.Namespace) -> int:
     return worker.run()
 
 
+def _json_logs(level: str) -> None:
+    """Long-running commands log JSON lines to stderr (their clients' too), held to one per kind while a
+    dependency is down; what the command itself reports goes to stdout or stays a plain message."""
+    import logging.config
+
+    from streams.logs import logging_config
+
+    logging.config.dictConfig(logging_config(level, json_lines=True))
+
+
 def _produce(args: argparse.Namespace) -> int:
     from streams.tools.produce import produce_lines
 
@@ -175,6 +186,7 @@ def _produce(args: argparse.Namespace) -> int:
 def _cdc_tail(args: argparse.Namespace) -> int:
     from streams.tools.cdc import tail_cdc
 
+    _json_logs("WARNING")
     settings = load_settings()
     tail_cdc(_endpoints(settings), args.namespace, args.max, args.timeout, args.from_beginning)
     return 0
@@ -266,6 +278,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     from streams.api.server import ServerOptions, TlsFiles, serve
 
+    _json_logs("INFO")
     settings = load_settings()
     api = settings.api
     namespaces = _namespaces(settings, None)

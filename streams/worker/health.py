@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from streams.core.dependencies import Dependencies
 from streams.core.flood import FloodGuard
 from streams.worker.liveness import Liveness
 
@@ -14,8 +15,9 @@ Applying = Callable[[], tuple[bool, dict[str, object]]]
 
 class WorkerHealth:
     """``health``: alive (no crashed agent, no stalled log, the retry thread runs). ``readiness``: alive,
-    applying (its partitions assigned and their idempotency state recovered, no rebalance under way), and no
-    namespace held by its DLQ flood guard."""
+    applying (its partitions assigned and their idempotency state recovered, no rebalance under way), no
+    namespace held by its DLQ flood guard, and every dependency answering. An outage makes a worker unready,
+    never unhealthy: restarting it would not bring the dependency back."""
 
     def __init__(
         self,
@@ -24,7 +26,9 @@ class WorkerHealth:
         guards: Mapping[str, FloodGuard],
         retry_alive: Callable[[], bool] = lambda: True,
         applying: Applying = lambda: (True, {}),
+        dependencies: Dependencies | None = None,
     ) -> None:
+        self._dependencies = dependencies
         self._role = role
         self._liveness = liveness
         self._guards = dict(guards)
@@ -40,7 +44,10 @@ class WorkerHealth:
         ok, details = self.health()
         applying, state = self._applying()
         held = self.held()
-        return ok and applying and not held, {**details, **state, "paused_by_flood_guard": held}
+        deps_up = self._dependencies is None or self._dependencies.all_up
+        deps = self._dependencies.state() if self._dependencies is not None else {}
+        ready = ok and applying and not held and deps_up
+        return ready, {**details, **state, "paused_by_flood_guard": held, "dependencies": deps}
 
     def held(self) -> list[str]:
         """The namespaces their flood guard holds."""

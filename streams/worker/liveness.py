@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from connectors.kafka.admin import GroupProbe
+from streams.core.dependencies import Dependencies
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class Liveness:
         stall_s: float = 120.0,
         interval_s: float = 5.0,
         paused: Callable[[str], bool] = lambda _ns: False,
+        dependencies: Dependencies | None = None,
     ) -> None:
+        self._dependencies = dependencies
         self._bootstrap = bootstrap
         self._group = group
         self._logs = list(logs)
@@ -88,11 +91,19 @@ class Liveness:
                 try:
                     self._check(probe)
                 except Exception as exc:  # noqa: BLE001 - Kafka unreachable: no verdict rather than a false one
-                    log.warning("liveness check could not read offsets: %s", exc)
+                    if self._dependencies is not None:
+                        self._dependencies.down("kafka", str(exc))
+                    else:
+                        log.warning("liveness check could not read offsets: %s", exc)
+                else:
+                    if self._dependencies is not None:
+                        self._dependencies.up("kafka")
         finally:
             probe.close()
 
     def _check(self, probe: GroupProbe) -> None:
+        if not self._logs:
+            probe.ping()  # a retry-only worker: Kafka's state all the same
         now = time.monotonic()
         for namespace, topic in self._logs:
             position = probe.position(topic)

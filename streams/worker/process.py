@@ -18,6 +18,7 @@ from connectors.kafka.admin import KafkaAdmin
 from connectors.kafka.producer import DurableProducer
 from streams import topics
 from streams.codec import Codec
+from streams.core.dependencies import Dependencies
 from streams.core.flood import FloodGuard
 from streams.core.throttle import DeletePacer
 from streams.health import HealthServer
@@ -58,6 +59,20 @@ class WorkerOptions:
     json_logs: bool = True
 
 
+#: How long the worker's follow-up records (change events, retries, dead letters, the table's changelog) may
+#: wait for Kafka before the worker gives up and exits. A broker restart or a leader election must not crash
+#: the worker: nothing can be acknowledged meanwhile anyway, and the records go out once Kafka is back.
+WORKER_DELIVERY_TIMEOUT_MS = 5 * 60 * 1000
+
+#: How often a worker asks a store that is down whether it answers again.
+STORE_PROBE_S = 5.0
+
+
+def dependency_names(namespaces: Sequence[Namespace]) -> list[str]:
+    """The systems a worker of these namespaces needs: Kafka, and every store its targets write to."""
+    return sorted({"kafka"} | {t.type for ns in namespaces for t in ns.targets.values()})
+
+
 class Worker:
     """Everything one `walstream worker` process runs: per namespace a fan-out agent and/or its retry tiers."""
 
@@ -71,7 +86,7 @@ class Worker:
         self.options = options
         self.metrics = metrics
         self.codec = Codec()
-        self.producer = DurableProducer(endpoints.kafka_bootstrap)
+        self.producer = DurableProducer(endpoints.kafka_bootstrap, {"delivery.timeout.ms": WORKER_DELIVERY_TIMEOUT_MS})
         # Shared by the fan-out and the retry tiers of this process: one flood budget and one delete pace per
         # namespace (and target).
         self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics) for ns in self.namespaces}
@@ -80,6 +95,7 @@ class Worker:
             for target, pacer in self._pacers[ns.name].items():
                 metrics.child(metrics.delete_rate, ns.name, target).set(pacer.rate)
         fanout_logs = [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces]
+        self.dependencies = Dependencies(metrics, dependency_names(self.namespaces))
         self.liveness = Liveness(
             endpoints.kafka_bootstrap,
             f"walstream.{options.group}",
@@ -87,6 +103,7 @@ class Worker:
             metrics,
             stall_s=options.stall_s,
             paused=lambda namespace: self._guards[namespace].holding,
+            dependencies=self.dependencies,
         )
         self.supervisor = Supervisor(options.crash_grace_s, self.liveness.crashed)
         self.app: faust.App | None = None
@@ -116,6 +133,7 @@ class Worker:
             self._guards,
             lambda: retry is None or retry.alive,
             (lambda: fanout_state(app)) if app is not None else (lambda: (True, {})),
+            self.dependencies,
         )
 
     def appliers(self, connections: Connections) -> dict[str, Applier]:
@@ -130,6 +148,7 @@ class Worker:
                 pacers=self._pacers[ns.name],
                 codec=self.codec,
                 hold_s=self.options.flood_hold_s,
+                dependencies=self.dependencies,
             )
             for ns in self.namespaces
         }
@@ -154,6 +173,20 @@ class Worker:
                 options.batch_within_s,
             )
         app.on_partitions_assigned.connect(self._share_deletes)
+        dependencies = self.dependencies
+
+        async def probe_stores() -> None:
+            """A store that went down is told up again by its next good write, or by this probe when nothing
+            is written to it (so readiness does not wait for traffic)."""
+            for name, entry in dependencies.state().items():
+                if name != "kafka" and not entry["up"]:
+                    try:
+                        await connections.ping(name)
+                    except Exception:  # noqa: BLE001 - still down; the outage is already told
+                        continue
+                    dependencies.up(name)
+
+        app.timer(STORE_PROBE_S)(probe_stores)
         return app
 
     def _share_deletes(self, _sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +58,16 @@ class Connections:
                 retry_on_timeout=False,
             )
         return self.es
+
+    async def ping(self, dependency: str) -> None:
+        """Raises unless ``dependency`` (cassandra, elasticsearch) answers a trivial request."""
+        if dependency == "cassandra":
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                None, lambda: self._cassandra_session().execute("SELECT release_version FROM system.local", timeout=5)
+            )
+        elif dependency == "elasticsearch":
+            await self.elasticsearch().info()
 
     async def close(self) -> None:
         if self.es is not None:
