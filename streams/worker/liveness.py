@@ -85,21 +85,28 @@ class Liveness:
         return not problems and crash is None, details
 
     def _run(self) -> None:
-        probe = GroupProbe(self._bootstrap, self._group)
+        probe: GroupProbe | None = None
         try:
             while not self._stop.wait(self._interval_s):
                 try:
+                    probe = probe or GroupProbe(self._bootstrap, self._group)
                     self._check(probe)
                 except Exception as exc:  # noqa: BLE001 - Kafka unreachable: no verdict rather than a false one
                     if self._dependencies is not None:
                         self._dependencies.down("kafka", str(exc))
                     else:
                         log.warning("liveness check could not read offsets: %s", exc)
+                    # A fresh client next time: after a broker restart librdkafka may keep answering "unknown
+                    # partition" from what it knew before.
+                    if probe is not None:
+                        probe.close()
+                        probe = None
                 else:
                     if self._dependencies is not None:
                         self._dependencies.up("kafka")
         finally:
-            probe.close()
+            if probe is not None:
+                probe.close()
 
     def _check(self, probe: GroupProbe) -> None:
         if not self._logs:
