@@ -11,10 +11,8 @@ that the chunk covers (and any transaction markers between them) are registered 
 acknowledging the chunk makes the whole range committable, and nothing past an unacknowledged chunk ever is.
 Other topics (the tables' changelogs during recovery) keep one event per record.
 
-While a broker is away, the consumer's aiokafka client backs off its connection attempts exponentially
-(``back_off_connects``). This relies on Faust's private consumer API, so faust-streaming, mode-streaming and
-aiokafka are pinned to exact versions, and tests/integration/test_faust_contract.py checks the committed offsets
-on the real Kafka.
+This relies on Faust's private consumer API, so faust-streaming, mode-streaming and aiokafka are pinned to exact
+versions, and tests/integration/test_faust_contract.py checks the committed offsets on the real Kafka.
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ import mode.loop
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, TransportT
 from faust.types.tuples import ConsumerMessage
-
-from streams.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +48,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         # Set before the consumer starts; aiokafka reads both when it builds its fetcher.
         consumer._isolation_level = "read_committed"
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        back_off_connects(consumer._client)
         return consumer
-
-
-def back_off_connects(client: Any, backoff: Backoff | None = None) -> None:
-    """aiokafka's client tries to connect to a broker that is away on every call its loops make (fetcher,
-    coordinator, metadata: dozens a second, each a failed connect and a log line). Wrapped, a broker whose
-    connection failed is left alone for an exponentially growing, jittered while (0.1 s doubling to 5 s); calls
-    meanwhile get what a failed connect gives them (no connection), and the first success forgets the failures."""
-    connect = client._get_conn
-    backoff = backoff or Backoff(base_s=0.1, cap_s=5.0)
-
-    async def get_conn(node_id: Any, **kwargs: Any) -> Any:
-        key = (node_id, kwargs.get("group"))
-        if not backoff.ready(key) and key not in client._conns:
-            return None
-        conn = await connect(node_id, **kwargs)
-        if conn is None:
-            backoff.failed(key)
-        else:
-            backoff.succeeded(key)
-        return conn
-
-    client._get_conn = get_conn
 
 
 class _Consumer(driver.Consumer):
