@@ -74,12 +74,10 @@ def _rows(session: Session, ns: ScratchNamespace) -> int:
     return int(session.execute(f"SELECT count(*) FROM {ns.keyspace}.items", timeout=30).one()[0])
 
 
-def _windows(samples: Sequence[Sample], after: float = 0.0) -> list[tuple[float, float]]:
+def _windows(samples: Sequence[Sample]) -> list[tuple[float, float]]:
     """(start, deletes per second) over every window from a sample to the first sample at least a second later."""
     rates = []
     for i, (t0, n0) in enumerate(samples):
-        if t0 < after:
-            continue
         later = next(((t, n) for t, n in samples[i + 1 :] if t - t0 >= 1.0), None)
         if later is not None:
             rates.append((t0, (later[1] - n0) / (later[0] - t0)))
