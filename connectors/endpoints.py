@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from streams.config import ClientSecurity, KafkaSecurity
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAccess:
+    """How to reach a Kafka cluster: the bootstrap servers and the client security they require."""
+
+    bootstrap: str
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __str__(self) -> str:
+        return self.bootstrap
+
+
+#: What the Kafka clients accept: a plain bootstrap string (an open cluster) or a KafkaAccess.
+Kafka = str | KafkaAccess
+
+
+def kafka_access(kafka: Kafka) -> KafkaAccess:
+    return KafkaAccess(kafka) if isinstance(kafka, str) else kafka
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +34,11 @@ class Endpoints:
     cassandra_host: str
     cassandra_port: int
     elasticsearch_url: str
+    security: ClientSecurity = field(default_factory=ClientSecurity)
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        return KafkaAccess(self.kafka_bootstrap, self.security.kafka)
 
     def describe(self) -> dict[str, str]:
         return {

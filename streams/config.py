@@ -8,7 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -49,6 +49,9 @@ class LocalStackSettings(_Frozen):
     #: The system user Elasticsearch runs as when the stack is started by root (it refuses root).
     elasticsearch_user: str = "walstream"
     start_timeout_s: float = Field(default=240.0, gt=0)
+    #: Run the stack secured: Kafka on SASL_SSL (SCRAM), Cassandra with passwords and TLS, Elasticsearch with its
+    #: security module and TLS. Certificates and passwords are generated into ``<stack_dir>/secrets``.
+    secure: bool = False
 
     @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap")
     @classmethod
@@ -95,6 +98,109 @@ class ExternalEndpointSettings(_Frozen):
         return value
 
 
+class KafkaProtocol(StrEnum):
+    """How a Kafka client talks to the brokers. SASL without TLS is not offered: it sends passwords in the clear."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"
+
+
+def _pair(first: object, second: object, names: str) -> None:
+    if (first is None) != (second is None):
+        raise ValueError(f"{names} go together")
+
+
+class KafkaSecurity(_Frozen):
+    """The Kafka clients' side of a secured cluster: every producer, consumer, admin client and the Faust worker."""
+
+    protocol: KafkaProtocol = KafkaProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
+    username: str | None = None
+    password: SecretStr | None = None
+    #: The CA that signed the brokers' certificates (PEM); without it the system's CAs are trusted.
+    ca_file: Path | None = None
+    #: A client certificate and its key (PEM), for brokers that require one.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        _pair(self.cert_file, self.key_file, "WALSTREAM_KAFKA_CERT_FILE and WALSTREAM_KAFKA_KEY_FILE")
+        sasl = self.protocol is KafkaProtocol.SASL_SSL
+        if sasl and (self.username is None or self.password is None):
+            raise ValueError(
+                "WALSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs WALSTREAM_KAFKA_USERNAME and "
+                "WALSTREAM_KAFKA_PASSWORD (or WALSTREAM_KAFKA_PASSWORD_FILE)"
+            )
+        if not sasl and (self.username is not None or self.password is not None):
+            raise ValueError("WALSTREAM_KAFKA_USERNAME and _PASSWORD need WALSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+        if self.protocol is KafkaProtocol.PLAINTEXT and (self.ca_file or self.cert_file):
+            raise ValueError(
+                "WALSTREAM_KAFKA_CA_FILE and _CERT_FILE need WALSTREAM_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol is not KafkaProtocol.PLAINTEXT
+
+
+class CassandraSecurity(_Frozen):
+    """Password authentication and client TLS towards Cassandra."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    #: Check that the node's certificate names the host connected to (on unless said otherwise).
+    verify_hostname: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CassandraSecurity:
+        _pair(self.username, self.password, "WALSTREAM_CASSANDRA_USERNAME and WALSTREAM_CASSANDRA_PASSWORD")
+        _pair(self.cert_file, self.key_file, "WALSTREAM_CASSANDRA_CERT_FILE and WALSTREAM_CASSANDRA_KEY_FILE")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("WALSTREAM_CASSANDRA_CA_FILE and _CERT_FILE need WALSTREAM_CASSANDRA_TLS=true")
+        return self
+
+
+class ElasticsearchSecurity(_Frozen):
+    """Basic auth or an API key towards Elasticsearch; TLS follows the URL (https) with a CA or a fingerprint."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    ca_file: Path | None = None
+    #: The SHA-256 fingerprint of the server's certificate, instead of a CA.
+    fingerprint: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ElasticsearchSecurity:
+        _pair(self.username, self.password, "WALSTREAM_ELASTICSEARCH_USERNAME and WALSTREAM_ELASTICSEARCH_PASSWORD")
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("WALSTREAM_ELASTICSEARCH_API_KEY and _USERNAME are alternatives: set one")
+        if self.ca_file is not None and self.fingerprint is not None:
+            raise ValueError("WALSTREAM_ELASTICSEARCH_CA_FILE and _FINGERPRINT are alternatives: set one")
+        return self
+
+
+class ClientSecurity(_Frozen):
+    """How walstream authenticates to, and encrypts its connections with, the three services."""
+
+    kafka: KafkaSecurity = KafkaSecurity()
+    cassandra: CassandraSecurity = CassandraSecurity()
+    elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
+
+
 class RuntimeSettings(_Frozen):
     """What the workers and tools need besides endpoints."""
 
@@ -139,6 +245,12 @@ class Settings(_Frozen):
     external: ExternalEndpointSettings = ExternalEndpointSettings()
     runtime: RuntimeSettings
     api: ApiSettings = ApiSettings()
+    kafka: KafkaSecurity = KafkaSecurity()
+    cassandra: CassandraSecurity = CassandraSecurity()
+    elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
+
+    def client_security(self) -> ClientSecurity:
+        return ClientSecurity(kafka=self.kafka, cassandra=self.cassandra, elasticsearch=self.elasticsearch)
 
 
 # Environment variable (without the prefix) -> (section, field).
@@ -158,6 +270,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "ELASTICSEARCH_HEAP": ("local", "elasticsearch_heap"),
     "ELASTICSEARCH_USER": ("local", "elasticsearch_user"),
     "START_TIMEOUT": ("local", "start_timeout_s"),
+    "STACK_SECURE": ("local", "secure"),
     "KAFKA_BOOTSTRAP": ("external", "kafka_bootstrap"),
     "CASSANDRA_CONTACT": ("external", "cassandra_contact"),
     "ELASTICSEARCH_URL": ("external", "elasticsearch_url"),
@@ -180,7 +293,31 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "API_TXN_ID_PREFIX": ("api", "txn_id_prefix"),
     "API_MAX_MESSAGE_BYTES": ("api", "max_message_bytes"),
     "API_METRICS_PORT": ("api", "metrics_port"),
+    "KAFKA_SECURITY_PROTOCOL": ("kafka", "protocol"),
+    "KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "KAFKA_USERNAME": ("kafka", "username"),
+    "KAFKA_PASSWORD": ("kafka", "password"),
+    "KAFKA_CA_FILE": ("kafka", "ca_file"),
+    "KAFKA_CERT_FILE": ("kafka", "cert_file"),
+    "KAFKA_KEY_FILE": ("kafka", "key_file"),
+    "CASSANDRA_USERNAME": ("cassandra", "username"),
+    "CASSANDRA_PASSWORD": ("cassandra", "password"),
+    "CASSANDRA_TLS": ("cassandra", "tls"),
+    "CASSANDRA_CA_FILE": ("cassandra", "ca_file"),
+    "CASSANDRA_VERIFY_HOSTNAME": ("cassandra", "verify_hostname"),
+    "CASSANDRA_CERT_FILE": ("cassandra", "cert_file"),
+    "CASSANDRA_KEY_FILE": ("cassandra", "key_file"),
+    "ELASTICSEARCH_USERNAME": ("elasticsearch", "username"),
+    "ELASTICSEARCH_PASSWORD": ("elasticsearch", "password"),
+    "ELASTICSEARCH_API_KEY": ("elasticsearch", "api_key"),
+    "ELASTICSEARCH_CA_FILE": ("elasticsearch", "ca_file"),
+    "ELASTICSEARCH_FINGERPRINT": ("elasticsearch", "fingerprint"),
 }
+
+#: Secrets may be given as a file instead (``WALSTREAM_KAFKA_PASSWORD_FILE``): the file's content, without the
+#: trailing newline, is the secret. Never put a secret on a command line.
+_SECRET_FILE_SUFFIX = "_FILE"
+_SECRETS = {"KAFKA_PASSWORD", "CASSANDRA_PASSWORD", "ELASTICSEARCH_PASSWORD", "ELASTICSEARCH_API_KEY"}
 
 
 def default_dirs(env: Mapping[str, str], uid: int) -> tuple[Path, Path, Path]:
@@ -204,6 +341,9 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "external": {},
         "runtime": {"data_dir": data_dir},
         "api": {},
+        "kafka": {},
+        "cassandra": {},
+        "elasticsearch": {},
     }
     top: dict[str, Any] = {}
     unknown = []
@@ -211,18 +351,33 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :]
+        if key.endswith(_SECRET_FILE_SUFFIX) and key[: -len(_SECRET_FILE_SUFFIX)] in _SECRETS:
+            secret = key[: -len(_SECRET_FILE_SUFFIX)]
+            if ENV_PREFIX + secret in env:
+                raise ConfigError(f"{ENV_PREFIX}{secret} and {name} are alternatives: set one")
+            key, value = secret, _read_secret(name, value)
         if key not in _ENV_FIELDS:
             unknown.append(name)
             continue
         section, field = _ENV_FIELDS[key]
         (top if section is None else sections[section])[field] = value
     if unknown:
-        known = ", ".join(ENV_PREFIX + k for k in sorted(_ENV_FIELDS))
+        known = ", ".join(ENV_PREFIX + k for k in sorted([*_ENV_FIELDS, *(k + _SECRET_FILE_SUFFIX for k in _SECRETS)]))
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; known settings are: {known}")
     try:
         return Settings.model_validate({**top, **sections})
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(f"{name}: {path} is empty")
+    return secret
 
 
 def _explain(exc: ValidationError) -> str:
@@ -232,9 +387,9 @@ def _explain(exc: ValidationError) -> str:
         loc = tuple(str(part) for part in error["loc"])
         if len(loc) >= 2:
             var = by_field.get((loc[0], loc[1]), ".".join(loc))
-        elif loc:
-            var = by_field.get((None, loc[0]), loc[0])
+        elif loc and (None, loc[0]) in by_field:
+            var = by_field[(None, loc[0])]
         else:
-            var = "settings"
-        lines.append(f"{var}: {error['msg']}")
+            var = "settings"  # a rule across several settings: its message names them
+        lines.append(f"{var}: {error['msg'].removeprefix('Value error, ')}")
     return "invalid settings: " + "; ".join(lines)
