@@ -110,6 +110,7 @@ def make_namespace(folder: Path, partitions: int) -> Path:
         "partitions": partitions,
         "payload": {"format": "json"},
         "targets": {"search": {"type": "elasticsearch", "index": name, "fields": {"sku": "keyword"}}},
+        "authorization": {"producers": ["*"]},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")

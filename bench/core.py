@@ -79,7 +79,7 @@ async def run_core(
 ) -> dict[str, float]:
     """Push the records through the fan-out core; the clock starts after ``warmup`` records."""
     connections = Connections(endpoints)
-    producer = DurableProducer(endpoints.kafka_bootstrap)
+    producer = DurableProducer(endpoints.kafka)
     metrics = Metrics()
     failures: list[BaseException] = []
     try:
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ctarget = ns.targets_of_type("cassandra")[bp.CASSANDRA_TARGET]
     etarget = ns.targets_of_type("elasticsearch")[bp.ES_TARGET]
     raw_table = ctarget.model_copy(update={"table": "raw_items"})
-    admin = KafkaAdmin(endpoints.kafka_bootstrap)
+    admin = KafkaAdmin(endpoints.kafka)
     n, warmup = args.entries, BATCH_SIZE
     figures: dict[str, Any] = {"entries": n, "partitions": args.partitions, "depth": args.depth, "namespace": name}
     try:

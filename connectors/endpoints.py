@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from streams.config import ClientSecurity, KafkaSecurity
 
 
+class AccessRefused(RuntimeError):
+    """A service refused walstream's credentials or its TLS; the message names the settings to fix."""
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaAccess:
     """How to reach a Kafka cluster: the bootstrap servers and the client security they require."""

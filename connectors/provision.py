@@ -19,7 +19,7 @@ def provision(settings: Settings, progress: Progress = lambda _m: None) -> Itera
     if settings.mode is StackMode.EXTERNAL:
         ext = settings.external
         host, _, port = ext.cassandra_contact.rpartition(":")
-        yield Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url)
+        yield Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security())
     elif settings.mode is StackMode.LOCAL:
         from connectors.local.stack import LocalStack
 

@@ -207,6 +207,8 @@ class RuntimeSettings(_Frozen):
     namespace_dir: Path = Path("examples/namespaces")
     data_dir: Path
     replication_factor: int = Field(default=1, ge=1, le=5)
+    #: Where /metrics, /healthz and /readyz listen (worker and API): loopback unless told; the chart sets 0.0.0.0.
+    metrics_host: str = "127.0.0.1"
     #: Where helm/install-tools.sh puts the chart tools (read by that script and tests/helm; default <repo>/.tools).
     tools_dir: Path | None = None
 
@@ -214,7 +216,8 @@ class RuntimeSettings(_Frozen):
 class ApiSettings(_Frozen):
     """The WriteToLog gRPC server (`walstream api`)."""
 
-    host: str = "0.0.0.0"
+    #: Loopback by default; a pod (the chart) sets 0.0.0.0.
+    host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 50051
     max_in_flight: int = Field(default=256, ge=1)
     tokens_file: Path | None = None
@@ -278,6 +281,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "DATA_DIR": ("runtime", "data_dir"),
     "REPLICATION_FACTOR": ("runtime", "replication_factor"),
     "TOOLS_DIR": ("runtime", "tools_dir"),
+    "METRICS_HOST": ("runtime", "metrics_host"),
     "API_HOST": ("api", "host"),
     "API_PORT": ("api", "port"),
     "API_MAX_IN_FLIGHT": ("api", "max_in_flight"),

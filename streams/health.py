@@ -18,7 +18,7 @@ Check = Callable[[], tuple[bool, dict[str, object]]]
 class HealthServer:
     """Serves on ``port`` (0 picks a free one; see ``port`` after start) from a daemon thread."""
 
-    def __init__(self, metrics: Metrics, live: Check, ready: Check, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, metrics: Metrics, live: Check, ready: Check, port: int, host: str = "127.0.0.1") -> None:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from cassandra import (
     WriteFailure,
     WriteTimeout,
 )
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -28,6 +30,7 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement, Statement
 
+from streams.config import CassandraSecurity
 from streams.model import Op
 from streams.namespaces.spec import CassandraTarget
 from streams.ports import Outcome, SinkResult, SinkWrite
@@ -55,10 +58,20 @@ class _Column:
     field: str
 
 
-def new_cluster(host: str, port: int, timeout: float = 10.0) -> Cluster:
-    """The one way walstream builds a driver cluster: protocol v5 (Cassandra 4+), one local data centre."""
+def new_cluster(host: str, port: int, timeout: float = 10.0, security: CassandraSecurity | None = None) -> Cluster:
+    """The one way walstream builds a driver cluster: protocol v5 (Cassandra 4+), one local data centre, and
+    the cluster's password authentication and TLS when ``security`` asks for them."""
+    security = security or CassandraSecurity()
+    auth: dict[str, Any] = {}
+    if security.username is not None and security.password is not None:
+        auth["auth_provider"] = PlainTextAuthProvider(security.username, security.password.get_secret_value())
+    if security.tls:
+        auth["ssl_context"] = cassandra_ssl_context(security)
+        # The host name the certificate must name (SNI and the check), as connected to.
+        auth["ssl_options"] = {"server_hostname": host}
     return Cluster(
         [host],
+        **auth,
         port=port,
         protocol_version=5,
         execution_profiles={
@@ -71,6 +84,14 @@ def new_cluster(host: str, port: int, timeout: float = 10.0) -> Cluster:
         # Back within seconds of an outage, not the driver's default of up to ten minutes.
         reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
     )
+
+
+def cassandra_ssl_context(security: CassandraSecurity) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(security.ca_file) if security.ca_file else None)
+    context.check_hostname = security.verify_hostname  # the certificate itself is always verified
+    if security.cert_file is not None and security.key_file is not None:
+        context.load_cert_chain(str(security.cert_file), str(security.key_file))
+    return context
 
 
 class CassandraSink:

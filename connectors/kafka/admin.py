@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connectors.endpoints import Kafka
 from connectors.kafka.config import admin_config, consumer_config
 
 
@@ -19,7 +20,7 @@ class TopicSpec:
 
 
 class KafkaAdmin:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: Kafka) -> None:
         self.bootstrap = bootstrap
         self._admin = AdminClient(admin_config(bootstrap))
 
@@ -88,7 +89,7 @@ class GroupProbe:
     """Reads a consumer group's committed offsets against a topic's end offsets, without joining the group.
     Long-lived (one admin client and one consumer); ``close`` when done."""
 
-    def __init__(self, bootstrap: str, group: str) -> None:
+    def __init__(self, bootstrap: Kafka, group: str) -> None:
         self._admin = AdminClient(admin_config(bootstrap))
         self._probe = Consumer(consumer_config(bootstrap, group))
 

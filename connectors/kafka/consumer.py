@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from connectors.endpoints import Kafka
 from connectors.kafka.config import consumer_config
 
 
@@ -41,13 +42,13 @@ def _bytes(value: str | bytes | None) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def _reader(bootstrap: str, purpose: str, from_beginning: bool = True) -> Consumer:
+def _reader(bootstrap: Kafka, purpose: str, from_beginning: bool = True) -> Consumer:
     """A consumer in a group of its own that never commits: reading leaves no trace in the cluster."""
     group = f"walstream-{purpose}-{uuid.uuid4().hex[:8]}"
     return Consumer(consumer_config(bootstrap, group, from_beginning=from_beginning))
 
 
-def read_to_end(bootstrap: str, topic: str, idle_limit_s: float = 30.0) -> Iterator[Consumed]:
+def read_to_end(bootstrap: Kafka, topic: str, idle_limit_s: float = 30.0) -> Iterator[Consumed]:
     """Every record of ``topic`` from its start up to its end as of the call, partition by partition in offset
     order. Raises MissingTopic when the topic does not exist."""
     consumer = _reader(bootstrap, "reader")
@@ -97,7 +98,7 @@ def _drop_finished(consumer: Consumer, topic: str, remaining: dict[int, int]) ->
 
 
 def follow(
-    bootstrap: str, topic: str, *, from_beginning: bool, idle_timeout_s: float = 0.0, max_records: int = 0
+    bootstrap: Kafka, topic: str, *, from_beginning: bool, idle_timeout_s: float = 0.0, max_records: int = 0
 ) -> Iterator[Consumed]:
     """Records of ``topic`` as they arrive (from the oldest, or from now on); stops after ``max_records`` or
     ``idle_timeout_s`` seconds without a record (0: never)."""

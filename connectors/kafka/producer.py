@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.endpoints import Kafka
 from connectors.kafka.config import producer_config
 from streams.ports import Delivery, Durable, Headers, Outgoing
 
@@ -36,7 +37,7 @@ class DurableProducer:
     """The ``streams.ports.Producer`` on one librdkafka producer; a background thread serves delivery reports
     into the event loop."""
 
-    def __init__(self, bootstrap: str, overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: Kafka, overrides: Mapping[str, Any] | None = None) -> None:
         self._producer = Producer(producer_config(bootstrap, overrides))
         self._settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = weakref.WeakKeyDictionary()
         self._stop = threading.Event()

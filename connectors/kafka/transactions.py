@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.endpoints import Kafka
 from connectors.kafka.config import producer_config
 from streams.ports import Delivery, Durable, Outgoing
 
@@ -53,7 +54,7 @@ def _outcome(durable: Durable, message: str, placed: tuple[Delivery, ...] = ()) 
 class _Slot:
     """One transactional producer; used by one batch at a time, always from a worker thread."""
 
-    def __init__(self, bootstrap: str, transactional_id: str, timeout_s: float) -> None:
+    def __init__(self, bootstrap: Kafka, transactional_id: str, timeout_s: float) -> None:
         self.bootstrap = bootstrap
         self.transactional_id = transactional_id
         self.timeout_s = timeout_s
@@ -181,7 +182,7 @@ class TransactionalWriter:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         *,
         size: int = 2,
         transactional_id_prefix: str | None = None,

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
+from connectors.endpoints import Kafka
 from connectors.kafka.producer import DurableProducer
 from connectors.kafka.transactions import BatchFault, TransactionalWriter
 from streams.codec import Codec
@@ -30,7 +31,7 @@ class WalWriter:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         namespaces: Mapping[str, Namespace],
         codec: Codec | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
@@ -128,7 +129,7 @@ class AtomicWalWriter:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         codec: Codec | None = None,
         *,
         size: int = 2,
@@ -156,7 +157,7 @@ class AtomicWalWriter:
 class SyncWalWriter:
     """The same writer for code without an event loop: each call blocks until its durable answer."""
 
-    def __init__(self, bootstrap: str, namespaces: Mapping[str, Namespace], **kwargs: Any) -> None:
+    def __init__(self, bootstrap: Kafka, namespaces: Mapping[str, Namespace], **kwargs: Any) -> None:
         self._writer = WalWriter(bootstrap, namespaces, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="walstream-sdk", daemon=True)

@@ -42,7 +42,7 @@ def read_cdc(
     """The namespace's change events as dicts; an event that does not decode says so instead."""
     codec = Codec()
     records = follow(
-        endpoints.kafka_bootstrap,
+        endpoints.kafka,
         topics.cdc_topic(namespace),
         from_beginning=from_beginning,
         idle_timeout_s=idle_timeout,

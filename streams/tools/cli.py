@@ -7,21 +7,20 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from connectors.endpoints import Endpoints
+from connectors.endpoints import AccessRefused
 from connectors.local.errors import StackError
 from connectors.provision import provision
-from streams.config import ConfigError, Settings, StackMode, load_settings
-from streams.namespaces import Namespace, NamespaceError
-
-
-class UsageError(ValueError):
-    """A command was called with arguments that cannot work; the message says which."""
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from streams.config import ConfigError, StackMode, load_settings
+from streams.namespaces import NamespaceError
+from streams.tools.common import STORES_TOO as _STORES_TOO
+from streams.tools.common import UsageError
+from streams.tools.common import endpoints as _endpoints
+from streams.tools.common import namespaces as _namespaces
+from streams.tools.common import say as _say
+from streams.tools.dlq_cli import dlq_list as _dlq_list
+from streams.tools.dlq_cli import dlq_replay as _dlq_replay
+from streams.tools.dlq_cli import dlq_show as _dlq_show
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -85,30 +84,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _endpoints(settings: Settings) -> Endpoints:
-    """Endpoints for commands that use a stack someone else keeps running (never started implicitly here)."""
-    if settings.mode is StackMode.EXTERNAL:
-        with provision(settings) as eps:
-            return eps
-    if settings.mode is StackMode.TESTCONTAINERS:
-        raise StackError("containers live only as long as the process that started them; use `walstream run`")
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
-
-    stack = LocalStack(settings.local)
-    missing = [name for name in SERVICE_NAMES if name not in stack.pids()]
-    if missing:
-        raise StackError(
-            f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
-        )
-    return stack.endpoints()
-
-
-def _namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:
-    from streams.namespaces import load_namespaces
-
-    return load_namespaces(list(paths) if paths else settings.runtime.namespace_dir)
-
-
 def _ns_validate(args: argparse.Namespace) -> int:
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
@@ -123,7 +98,7 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
-    asyncio.run(apply_namespaces(namespaces.values(), _endpoints(settings), progress=_say))
+    asyncio.run(apply_namespaces(namespaces.values(), _endpoints(settings, _STORES_TOO), progress=_say))
     return 0
 
 
@@ -151,11 +126,13 @@ def _worker(args: argparse.Namespace) -> int:
         replication_factor=settings.runtime.replication_factor,
         batch_size=args.batch_size,
         metrics_port=args.metrics_port,
+        metrics_host=settings.runtime.metrics_host,
         stall_s=args.stall_seconds,
         crash_grace_s=args.crash_grace,
         json_logs=args.log_format == "json",
     )
-    worker = Worker(_endpoints(settings), [namespaces[n] for n in chosen], options, Metrics())
+    endpoints = _endpoints(settings, ("kafka",) if options.role is Role.RETRY else _STORES_TOO)
+    worker = Worker(endpoints, [namespaces[n] for n in chosen], options, Metrics())
     return worker.run()
 
 
@@ -192,89 +169,6 @@ def _cdc_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_selection(args: argparse.Namespace) -> tuple[Endpoints, list[Any]]:
-    from streams.tools.dlq import Letter, LetterFilter, parse_time, read_letters
-
-    settings = load_settings()
-    try:
-        chosen = LetterFilter(
-            error_class=args.error_class,
-            reason_contains=args.reason,
-            since_ms=parse_time(args.since) if args.since else None,
-            until_ms=parse_time(args.until) if args.until else None,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    endpoints = _endpoints(settings)
-    found: list[Any] = []
-    for item in read_letters(endpoints, args.namespace):
-        if isinstance(item, Letter):
-            if chosen.matches(item):
-                found.append(item)
-        else:
-            _say(item)
-    return endpoints, found
-
-
-def _dlq_list(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    _, letters = _dlq_selection(args)
-    print(f"{'partition:offset':<18} {'failed at (UTC)':<20} {'class':<12} {'key':<20} {'entry id':<33} reason")
-    for item in letters:
-        d = item.letter
-        when = datetime.fromtimestamp(d.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        key = d.entry.key if d.entry else "-"
-        print(
-            f"{item.partition}:{item.offset:<16} {when:<20} {d.error_class:<12} {key[:20]:<20} "
-            f"{item.entry_id or '-':<33} {d.reason[:100]}"
-        )
-    _say(f"{len(letters)} dead letters")
-    return 0
-
-
-def _dlq_show(args: argparse.Namespace) -> int:
-    import json
-
-    _, letters = _dlq_selection(args)
-    wanted = [i for i in letters if args.id in (i.entry_id, f"{i.partition}:{i.offset}")]
-    if not wanted:
-        raise UsageError(f"no dead letter with entry id or partition:offset {args.id!r} in {args.namespace}")
-    for item in wanted:
-        d = item.letter
-        entry = d.entry.to_record() if d.entry else None
-        if entry is not None:
-            entry["payload"] = entry["payload"].decode("utf-8", "replace")
-        print(
-            json.dumps(
-                {
-                    "partition": item.partition,
-                    "offset": item.offset,
-                    "error_class": d.error_class,
-                    "reason": d.reason,
-                    "attempts": d.attempts,
-                    "pending_targets": list(d.pending_targets),
-                    "failed_at_ms": d.failed_at_ms,
-                    "origin": d.origin.to_record(),
-                    "entry": entry,
-                    "raw_hex": d.raw.hex() if d.entry is None else None,
-                },
-                indent=2,
-                default=str,
-            )
-        )
-    return 0
-
-
-def _dlq_replay(args: argparse.Namespace) -> int:
-    from streams.tools.dlq import replay
-
-    endpoints, letters = _dlq_selection(args)
-    report = replay(endpoints, args.namespace, letters, frozenset(args.skip), _say)
-    _say(report.summary())
-    return 0 if report.failed == 0 else 1
-
-
 def _api(args: argparse.Namespace) -> int:
     from streams.api.server import ServerOptions, TlsFiles, serve
 
@@ -302,9 +196,11 @@ def _api(args: argparse.Namespace) -> int:
         from streams.health import HealthServer
         from streams.metrics import Metrics
 
-        server = HealthServer(Metrics(), lambda: (True, {}), lambda: (True, {}), metrics_port).start()
+        server = HealthServer(
+            Metrics(), lambda: (True, {}), lambda: (True, {}), metrics_port, settings.runtime.metrics_host
+        ).start()
     try:
-        return serve(_endpoints(settings).kafka_bootstrap, namespaces, options)
+        return serve(_endpoints(settings).kafka, namespaces, options)
     finally:
         if server is not None:
             server.stop()
@@ -435,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError) as exc:
+    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError, AccessRefused) as exc:
         _say(f"walstream: error: {exc}")
         return 2
     except KeyboardInterrupt:

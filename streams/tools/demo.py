@@ -19,6 +19,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch.helpers import scan
 
 from connectors.cassandra.sink import new_cluster
+from connectors.elasticsearch.client import new_client
 from connectors.endpoints import Endpoints
 from streams.client.sdk import SyncWalWriter
 from streams.model import Op, WalEntry
@@ -72,14 +73,14 @@ def run_demo(
     ((_es_name, es_target),) = namespace.targets_of_type("elasticsearch").items()
     say(f"applying namespace {namespace.name} (topics, table {cass.keyspace}.{cass.table}, index {es_target.index})")
     asyncio.run(apply_namespaces([namespace], endpoints, progress=say))
-    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port)
+    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port, security=endpoints.security.cassandra)
     session = cluster.connect()
-    es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=60)
+    es = new_client(endpoints.elasticsearch_url, endpoints.security.elasticsearch, request_timeout=60)
     say("clearing the demo table and index so this run's counts stand on their own")
     _reset(session, es, cass, es_target, endpoints, namespace)
 
     worker = _start_worker(namespace, namespace_dir, data_dir, say)
-    writer = SyncWalWriter(endpoints.kafka_bootstrap, {namespace.name: namespace})
+    writer = SyncWalWriter(endpoints.kafka, {namespace.name: namespace})
     try:
         entries = make_history(writer, namespace.name, count, keys, seed=int(time.time()))
         expected = expected_state(entries)

@@ -66,7 +66,7 @@ def read_letters(endpoints: Endpoints, namespace: str, codec: Codec | None = Non
     codec = codec or Codec()
     topic = topics.dlq_topic(namespace)
     try:
-        for record in read_to_end(endpoints.kafka_bootstrap, topic):
+        for record in read_to_end(endpoints.kafka, topic):
             try:
                 yield Letter(record.partition, record.offset, codec.decode_dead_letter(record.value))
             except DecodeError as exc:
@@ -107,7 +107,7 @@ def replay(
             report.skipped.append(item.entry_id)
         else:
             todo.append(item.letter.entry)
-    producer = DurableProducer(endpoints.kafka_bootstrap)
+    producer = DurableProducer(endpoints.kafka)
     progress = Progress(len(todo), f"replaying into {topics.wal_topic(namespace)}")
 
     async def send_all() -> None:

@@ -29,6 +29,10 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, TransportT
 from faust.types.tuples import ConsumerMessage
 
+from connectors.endpoints import Kafka, kafka_access
+from connectors.kafka.config import ssl_context
+from streams.config import KafkaProtocol, KafkaSecurity
+
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 100
@@ -203,12 +207,30 @@ class WalApp(faust.App):
             await close()
 
 
-def new_app(name: str, bootstrap: str, data_dir: Path, replication_factor: int = 1) -> WalApp:
+def faust_credentials(security: KafkaSecurity) -> faust.auth.Credentials | None:
+    """The worker's Kafka client (aiokafka, inside Faust) with the same security as every librdkafka client."""
+    context = ssl_context(security)
+    if security.protocol is KafkaProtocol.SASL_SSL:
+        assert security.username is not None and security.password is not None  # the settings require both
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password.get_secret_value(),
+            ssl_context=context,
+            mechanism=security.sasl_mechanism.value,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def new_app(name: str, bootstrap: Kafka, data_dir: Path, replication_factor: int = 1) -> WalApp:
     """The app of a worker group: raw keys and values, memory tables with changelogs, explicit acks."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    access = kafka_access(bootstrap)
     return WalApp(
         name,
-        broker=f"kafka://{bootstrap}",
+        broker=f"kafka://{access.bootstrap}",
+        broker_credentials=faust_credentials(access.security),
         store="memory://",
         autodiscover=False,
         web_enabled=False,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from connectors.endpoints import Kafka
 from connectors.kafka.admin import GroupProbe
 from streams.core.dependencies import Dependencies
 from streams.metrics import Metrics
@@ -40,7 +41,7 @@ class Liveness:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         group: str,
         logs: Sequence[tuple[str, str]],  # (namespace, topic)
         metrics: Metrics,

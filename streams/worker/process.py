@@ -54,6 +54,7 @@ class WorkerOptions:
     batch_within_s: float = 0.05
     flood_hold_s: float = 30.0
     metrics_port: int | None = None  # /metrics, /healthz and /readyz; None: not served
+    metrics_host: str = "127.0.0.1"  # the chart sets 0.0.0.0 so the kubelet and Prometheus reach it
     stall_s: float = 120.0  # unhealthy when input waits and nothing was committed for this long
     crash_grace_s: float = 15.0  # after an agent crash, report unhealthy this long, then exit
     json_logs: bool = True
@@ -86,7 +87,7 @@ class Worker:
         self.options = options
         self.metrics = metrics
         self.codec = Codec()
-        self.producer = DurableProducer(endpoints.kafka_bootstrap, {"delivery.timeout.ms": WORKER_DELIVERY_TIMEOUT_MS})
+        self.producer = DurableProducer(endpoints.kafka, {"delivery.timeout.ms": WORKER_DELIVERY_TIMEOUT_MS})
         # Shared by the fan-out and the retry tiers of this process: one flood budget and one delete pace per
         # namespace (and target).
         self._guards = {ns.name: FloodGuard(ns.name, ns.retry.dlq_max_per_minute, metrics) for ns in self.namespaces}
@@ -97,7 +98,7 @@ class Worker:
         fanout_logs = [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces]
         self.dependencies = Dependencies(metrics, dependency_names(self.namespaces))
         self.liveness = Liveness(
-            endpoints.kafka_bootstrap,
+            endpoints.kafka,
             f"walstream.{options.group}",
             fanout_logs if options.role is not Role.RETRY else [],
             metrics,
@@ -116,7 +117,7 @@ class Worker:
                 for ns in self.namespaces
             }
             self.retry = RetryRunner(
-                endpoints.kafka_bootstrap,
+                endpoints.kafka,
                 f"walstream.{options.group}.retry",
                 tier_topics_of(self.namespaces),
                 routers,
@@ -155,9 +156,7 @@ class Worker:
 
     def _build_fanout(self) -> faust.App:
         options = self.options
-        app = new_app(
-            f"walstream.{options.group}", self.endpoints.kafka_bootstrap, options.data_dir, options.replication_factor
-        )
+        app = new_app(f"walstream.{options.group}", self.endpoints.kafka, options.data_dir, options.replication_factor)
         connections = Connections(self.endpoints)
         app.closers.append(connections.close)
         appliers = self.appliers(connections)
@@ -213,7 +212,7 @@ class Worker:
                 )
 
     def ensure_topics(self) -> None:
-        admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
+        admin = KafkaAdmin(self.endpoints.kafka)
         for ns in self.namespaces:
             admin.ensure_topics(topic_specs(ns))
 
@@ -227,7 +226,11 @@ class Worker:
         server = None
         if self.options.metrics_port is not None:
             server = HealthServer(
-                self.metrics, self.health.health, self.health.readiness, self.options.metrics_port
+                self.metrics,
+                self.health.health,
+                self.health.readiness,
+                self.options.metrics_port,
+                self.options.metrics_host,
             ).start()
             log.info("metrics and health on port %d", server.port)
         if self.retry is not None:

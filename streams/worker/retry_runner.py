@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from connectors.endpoints import Kafka
 from connectors.kafka.config import consumer_config
 from streams import topics
 from streams.codec import Codec, DecodeError
@@ -43,7 +44,7 @@ class RetryRunner:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         group: str,
         tier_topics: Mapping[str, Sequence[str]],
         routers: Mapping[str, Router],

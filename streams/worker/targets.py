@@ -12,6 +12,7 @@ from cassandra.cluster import Cluster, Session
 from elasticsearch import AsyncElasticsearch
 
 from connectors.cassandra.sink import CassandraSink, new_cluster
+from connectors.elasticsearch.client import new_async_client
 from connectors.elasticsearch.sink import ElasticsearchSink
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin, TopicSpec
@@ -39,7 +40,12 @@ class Connections:
     def _cassandra_session(self) -> Session:
         with self._lock:
             if self.session is None:
-                cluster = new_cluster(self.endpoints.cassandra_host, self.endpoints.cassandra_port, timeout=5)
+                cluster = new_cluster(
+                    self.endpoints.cassandra_host,
+                    self.endpoints.cassandra_port,
+                    timeout=5,
+                    security=self.endpoints.security.cassandra,
+                )
                 try:
                     self.session = cluster.connect()
                 except BaseException:
@@ -50,9 +56,10 @@ class Connections:
 
     def elasticsearch(self) -> AsyncElasticsearch:
         if self.es is None:
-            self.es = AsyncElasticsearch(
+            self.es = new_async_client(
                 # Short: a target that does not answer in time is retried later, not waited for.
                 self.endpoints.elasticsearch_url,
+                self.endpoints.security.elasticsearch,
                 request_timeout=5,
                 max_retries=0,
                 retry_on_timeout=False,
@@ -103,7 +110,7 @@ async def apply_namespaces(
     namespaces: Iterable[Namespace], endpoints: Endpoints, progress: Progress = lambda _m: None
 ) -> dict[str, Any]:
     """Create every topic, keyspace, table and index the namespaces need. Idempotent."""
-    admin = KafkaAdmin(endpoints.kafka_bootstrap)
+    admin = KafkaAdmin(endpoints.kafka)
     connections = Connections(endpoints)
     report: dict[str, Any] = {}
     try:

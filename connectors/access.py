@@ -1,0 +1,167 @@
+"""Start-up checks that a secured cluster accepts walstream: a refused password or a failed TLS handshake is an
+error naming the setting to fix, not an outage to ride out.
+
+A service that does not answer at all is left alone here: the worker rides out outages, and a tool's own call
+reports it. Only an answer that says "not like this" (credentials, TLS) stops a command before it begins.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+
+from cassandra import AuthenticationFailed
+from cassandra.cluster import NoHostAvailable
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import TlsError
+from elasticsearch import AuthenticationException
+
+from connectors.cassandra.sink import new_cluster
+from connectors.elasticsearch.client import new_client
+from connectors.endpoints import AccessRefused, Endpoints, Kafka, kafka_access
+from connectors.kafka.config import admin_config
+from streams.config import KafkaProtocol
+
+SERVICES = ("kafka", "cassandra", "elasticsearch")
+
+
+def check_access(endpoints: Endpoints, services: Iterable[str] = SERVICES, timeout: float = 15.0) -> None:
+    for service in services:
+        if service == "kafka":
+            check_kafka(endpoints.kafka, timeout)
+        elif service == "cassandra":
+            check_cassandra(endpoints, timeout)
+        elif service == "elasticsearch":
+            check_elasticsearch(endpoints, timeout)
+        else:
+            raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+
+
+def check_kafka(kafka: Kafka, timeout: float = 15.0) -> None:
+    access = kafka_access(kafka)
+    errors: list[KafkaError] = []
+    config = admin_config(access)
+    config["error_cb"] = errors.append
+    config["log_level"] = 0  # its errors are read from error_cb and explained below
+    admin = AdminClient(config)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        admin.poll(0.5)  # error callbacks are served by poll, not by list_topics
+        why = _kafka_refusal(access.bootstrap, access.security.protocol, access.security.username, errors)
+        if why is not None:
+            raise AccessRefused(why) from None
+
+
+def _kafka_refusal(
+    bootstrap: str, protocol: KafkaProtocol, username: str | None, errors: list[KafkaError]
+) -> str | None:
+    for error in errors:
+        text = error.str()
+        if error.code() == KafkaError._AUTHENTICATION or "SASL authentication" in text:
+            return (
+                f"Kafka at {bootstrap} refused user {username!r}: check WALSTREAM_KAFKA_USERNAME and "
+                f"WALSTREAM_KAFKA_PASSWORD (or _PASSWORD_FILE), and WALSTREAM_KAFKA_SASL_MECHANISM"
+            )
+        if "PLAINTEXT broker listener" in text:
+            return (
+                f"Kafka at {bootstrap} serves plaintext, not TLS: check WALSTREAM_KAFKA_SECURITY_PROTOCOL "
+                f"and WALSTREAM_KAFKA_BOOTSTRAP"
+            )
+        if error.code() == KafkaError._SSL or "SSL handshake failed" in text or "certificate verify" in text:
+            return (
+                f"TLS with Kafka at {bootstrap} failed ({_first_line(text)}): check WALSTREAM_KAFKA_CA_FILE "
+                f"and WALSTREAM_KAFKA_SECURITY_PROTOCOL"
+            )
+        if protocol is KafkaProtocol.PLAINTEXT and "security.protocol" in text:
+            # librdkafka's own guess when a plaintext client reaches a TLS or SASL listener.
+            return (
+                f"Kafka at {bootstrap} closed a plaintext connection; it probably requires TLS or SASL: set "
+                f"WALSTREAM_KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL) and its credentials"
+            )
+    return None
+
+
+def check_cassandra(endpoints: Endpoints, timeout: float = 15.0) -> None:
+    security = endpoints.security.cassandra
+    where = f"{endpoints.cassandra_host}:{endpoints.cassandra_port}"
+    cluster = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port, timeout=timeout, security=security)
+    try:
+        cluster.connect().execute("SELECT release_version FROM system.local", timeout=timeout)
+    except NoHostAvailable as exc:
+        why = _cassandra_refusal(where, security.username, security.tls, list(exc.errors.values()))
+        if why is not None:
+            raise AccessRefused(why) from None
+    except AuthenticationFailed:
+        raise AccessRefused(_cassandra_refusal(where, security.username, security.tls, [])) from None
+    finally:
+        cluster.shutdown()
+
+
+def _cassandra_refusal(where: str, username: str | None, tls: bool, errors: list[object]) -> str | None:
+    for error in errors:
+        text = str(error)
+        if isinstance(error, AuthenticationFailed) or "Authentication" in text or "requires authentication" in text:
+            if username is None:
+                return (
+                    f"Cassandra at {where} requires a password: set WALSTREAM_CASSANDRA_USERNAME and "
+                    f"WALSTREAM_CASSANDRA_PASSWORD (or _PASSWORD_FILE)"
+                )
+            return (
+                f"Cassandra at {where} refused user {username!r}: check WALSTREAM_CASSANDRA_USERNAME and "
+                f"WALSTREAM_CASSANDRA_PASSWORD (or _PASSWORD_FILE)"
+            )
+        if isinstance(error, ssl.SSLError) or "SSL" in text or "certificate" in text:
+            return (
+                f"TLS with Cassandra at {where} failed ({_first_line(text)}): check WALSTREAM_CASSANDRA_CA_FILE "
+                f"and WALSTREAM_CASSANDRA_VERIFY_HOSTNAME"
+            )
+        if not tls and not _refused(text):
+            # A node that requires TLS drops a plaintext handshake without a word.
+            return (
+                f"Cassandra at {where} dropped a plaintext connection ({_first_line(text)}); if it requires TLS, "
+                f"set WALSTREAM_CASSANDRA_TLS=true and WALSTREAM_CASSANDRA_CA_FILE"
+            )
+    return None
+
+
+def check_elasticsearch(endpoints: Endpoints, timeout: float = 15.0) -> None:
+    security = endpoints.security.elasticsearch
+    url = endpoints.elasticsearch_url
+    es = new_client(url, security, request_timeout=timeout, max_retries=0)
+    try:
+        es.cluster.health()
+    except AuthenticationException:
+        if security.username is None and security.api_key is None:
+            raise AccessRefused(
+                f"Elasticsearch at {url} requires credentials: set WALSTREAM_ELASTICSEARCH_USERNAME and "
+                f"WALSTREAM_ELASTICSEARCH_PASSWORD, or WALSTREAM_ELASTICSEARCH_API_KEY"
+            ) from None
+        raise AccessRefused(
+            f"Elasticsearch at {url} refused the credentials: check WALSTREAM_ELASTICSEARCH_USERNAME and "
+            f"WALSTREAM_ELASTICSEARCH_PASSWORD (or _API_KEY)"
+        ) from None
+    except TlsError as exc:
+        raise AccessRefused(
+            f"TLS with Elasticsearch at {url} failed ({_first_line(str(exc))}): check "
+            f"WALSTREAM_ELASTICSEARCH_CA_FILE or WALSTREAM_ELASTICSEARCH_FINGERPRINT"
+        ) from None
+    except TransportConnectionError as exc:
+        if url.startswith("http://") and not _refused(str(exc)):
+            raise AccessRefused(
+                f"Elasticsearch at {url} dropped a plaintext request; if it serves https, use an https:// "
+                f"address in WALSTREAM_ELASTICSEARCH_URL"
+            ) from None
+    finally:
+        es.close()
+
+
+def _refused(text: str) -> bool:
+    """Nothing listens there: an outage or a wrong address, not a security refusal."""
+    return "refused" in text.lower() or "Errno 111" in text
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else "no detail"

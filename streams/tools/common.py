@@ -1,0 +1,56 @@
+"""What the command handlers share: their errors, their messages, and how they find the stack."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from connectors.endpoints import Endpoints
+from connectors.local.errors import StackError
+from connectors.provision import provision
+from streams.config import Settings, StackMode
+from streams.namespaces import Namespace
+
+
+class UsageError(ValueError):
+    """A command was called with arguments that cannot work; the message says which."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def endpoints(settings: Settings, check: Sequence[str] = ("kafka",)) -> Endpoints:
+    """Endpoints for commands that use a stack someone else keeps running (never started implicitly here).
+    The services in ``check`` must accept walstream's credentials and TLS (``connectors.access``)."""
+    from connectors.access import check_access
+
+    found = find_endpoints(settings)
+    check_access(found, check)
+    return found
+
+
+STORES_TOO = ("kafka", "cassandra", "elasticsearch")
+
+
+def find_endpoints(settings: Settings) -> Endpoints:
+    if settings.mode is StackMode.EXTERNAL:
+        with provision(settings) as eps:
+            return eps
+    if settings.mode is StackMode.TESTCONTAINERS:
+        raise StackError("containers live only as long as the process that started them; use `walstream run`")
+    from connectors.local.stack import SERVICE_NAMES, LocalStack
+
+    stack = LocalStack(settings.local)
+    missing = [name for name in SERVICE_NAMES if name not in stack.pids()]
+    if missing:
+        raise StackError(
+            f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
+        )
+    return stack.endpoints()
+
+
+def namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:
+    from streams.namespaces import load_namespaces
+
+    return load_namespaces(list(paths) if paths else settings.runtime.namespace_dir)
