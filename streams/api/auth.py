@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from streams.api.rejections import RejectCode, Rejected, Rejection
 from streams.namespaces import Namespace
+from streams.namespaces.spec import ANYONE
+
+log = logging.getLogger(__name__)
 
 #: A tokens-file key written as a digest rather than the token itself: ``sha256:<64 hex digits>``.
 _DIGEST_KEY = re.compile(r"sha256:(?P<hex>[0-9a-f]{64})")
@@ -36,6 +42,10 @@ ANONYMOUS = Caller(None)
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Identifies(Protocol):
+    def identify(self, authorization: str | None) -> Caller: ...
 
 
 class TokenRegistry:
@@ -67,17 +77,38 @@ class TokenRegistry:
         return Caller(identity)
 
 
-def authorize(ns: Namespace, caller: Caller) -> None:
-    """Refuse a caller the namespace does not list; a namespace with no producers listed is open to anyone."""
-    allowed = ns.authorization.producers
-    if not allowed:
+class Grant(StrEnum):
+    """What a call asks to do, and the namespace's list that must admit the caller for it."""
+
+    WRITE = "producers"
+    DELETE = "deleters"
+
+    @property
+    def verb(self) -> str:
+        return "write to" if self is Grant.WRITE else "delete in"
+
+
+def authorize(ns: Namespace, caller: Caller, grant: Grant = Grant.WRITE) -> None:
+    """Refuse a caller the namespace's list for ``grant`` does not admit. An empty list admits nobody (a
+    namespace is closed unless it says otherwise) and ``"*"`` admits anyone, anonymous callers included."""
+    allowed = getattr(ns.authorization, grant.value)
+    if ANYONE in allowed:
         return
+    if not allowed:
+        raise Rejected(
+            Rejection(
+                RejectCode.PERMISSION_DENIED,
+                "authorization",
+                f"namespace {ns.name!r} admits nobody to {grant.verb} it: list identities in "
+                f"authorization.{grant.value} (or {ANYONE!r} for anyone)",
+            )
+        )
     if caller.identity is None:
         raise Rejected(
             Rejection(
                 RejectCode.UNAUTHENTICATED,
                 "authorization",
-                f"namespace {ns.name!r} accepts only listed producers; send 'authorization: Bearer <token>'",
+                f"namespace {ns.name!r} admits only listed {grant.value}; send 'authorization: Bearer <token>'",
             )
         )
     if caller.identity not in allowed:
@@ -85,7 +116,8 @@ def authorize(ns: Namespace, caller: Caller) -> None:
             Rejection(
                 RejectCode.PERMISSION_DENIED,
                 "authorization",
-                f"producer {caller.identity!r} may not write to namespace {ns.name!r}",
+                f"producer {caller.identity!r} may not {grant.verb} namespace {ns.name!r} "
+                f"(not in authorization.{grant.value})",
             )
         )
 
@@ -124,3 +156,51 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenRegistry:
         if not isinstance(identity, str) or not identity.strip():
             raise TokensFileError(f"{file}: entry {index + 1}: the identity must be a non-empty string")
     return TokenRegistry(document)
+
+
+class TokensFile:
+    """The tokens file, reloaded when it changes (its size, time or inode, so a Kubernetes Secret's symlink swap
+    counts) or on ``reload()`` (SIGHUP). Each call identifies its caller with the tokens current when it
+    arrives, so calls in flight are never dropped. A broken new version keeps the tokens in use and logs an
+    ERROR naming the problem; the next change is tried again."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._stamp = self._stat()
+        self._registry = load_tokens(self.path)
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def identify(self, authorization: str | None) -> Caller:
+        return self._registry.identify(authorization)
+
+    def changed(self) -> bool:
+        return self._stat() != self._stamp
+
+    def reload(self) -> bool:
+        """Load the file again; True when the new tokens are in use."""
+        stamp = self._stat()
+        try:
+            registry = load_tokens(self.path)
+        except TokensFileError as exc:
+            self._stamp = stamp  # tried: wait for the next change rather than logging every second
+            log.error("tokens file not reloaded, the previous tokens stay in use: %s", exc)
+            return False
+        self._registry, self._stamp = registry, stamp
+        log.info("tokens file reloaded: %d tokens", len(registry))
+        return True
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Reload whenever the file changes, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.changed():
+                self.reload()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Mapping
@@ -16,8 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from connectors.endpoints import Kafka
 from streams.api import messages
-from streams.api.auth import TokenRegistry, load_tokens
+from streams.api.auth import Identifies, TokenRegistry, TokensFile
 from streams.api.service import ServiceOptions, WalService
 from streams.api.validation import Limits
 from streams.client.sdk import AtomicWalWriter, WalWriter
@@ -38,7 +40,8 @@ class TlsFiles:
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    host: str = "0.0.0.0"  # a server in a pod listens on every interface
+    #: Loopback unless told otherwise: the chart sets 0.0.0.0 for a pod, where the network policy guards it.
+    host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (tests)
     max_in_flight: int = 256
     tokens_file: Path | None = None
@@ -71,8 +74,11 @@ class RunningServer:
         writer: WalWriter,
         batches: AtomicWalWriter,
         grace_s: float,
+        tokens: TokensFile | None = None,
     ) -> None:
         self.server = server
+        self.tokens = tokens
+        self._watch = asyncio.create_task(tokens.watch()) if tokens is not None else None
         self.port = port
         self.service = service
         self._health = health
@@ -87,6 +93,8 @@ class RunningServer:
         if self._stopped:
             return 0
         self._stopped = True
+        if self._watch is not None:
+            self._watch.cancel()
         await self._health.enter_graceful_shutdown()  # load balancers stop routing here first
         await self.server.stop(self._grace_s if grace_s is None else grace_s)
         loop = asyncio.get_running_loop()
@@ -106,9 +114,10 @@ def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
-async def start_server(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions) -> RunningServer:
+async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions) -> RunningServer:
     """Build the service and start listening; the caller owns the returned server and must ``stop`` it."""
-    tokens = load_tokens(options.tokens_file) if options.tokens_file is not None else TokenRegistry()
+    tokens_file = TokensFile(options.tokens_file) if options.tokens_file is not None else None
+    tokens: Identifies = tokens_file if tokens_file is not None else TokenRegistry()
     writer = WalWriter(bootstrap, namespaces, producer_overrides=options.producer_overrides)
     batches = AtomicWalWriter(
         bootstrap,
@@ -156,15 +165,33 @@ async def start_server(bootstrap: str, namespaces: Mapping[str, Namespace], opti
     await health.set(messages.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("walstream API listening on %s:%d (%s)", options.host, port, "TLS" if options.tls else "plaintext")
-    return RunningServer(server, port, service, health, writer, batches, options.grace_s)
+    if options.tls is None and not is_loopback(options.host):
+        log.warning(
+            "the API serves plaintext on %s, beyond this machine: tokens and payloads cross the network in the "
+            "clear; set WALSTREAM_API_TLS_CERT and WALSTREAM_API_TLS_KEY, or bind 127.0.0.1",
+            options.host,
+        )
+    return RunningServer(server, port, service, health, writer, batches, options.grace_s, tokens_file)
 
 
-async def _serve_until_signalled(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions) -> int:
+def is_loopback(host: str) -> bool:
+    """Whether a bind address keeps the server on this machine (a name is looked at as written)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def _serve_until_signalled(bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions) -> int:
     running = await start_server(bootstrap, namespaces, options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if running.tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, running.tokens.reload)
     print(f"walstream API serving on {options.host}:{running.port}", flush=True)
     await stop.wait()
     print("shutting down: draining calls in flight", flush=True)
@@ -172,6 +199,6 @@ async def _serve_until_signalled(bootstrap: str, namespaces: Mapping[str, Namesp
     return 0 if pending == 0 else 1
 
 
-def serve(bootstrap: str, namespaces: Mapping[str, Namespace], options: ServerOptions | None = None) -> int:
+def serve(bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; the exit code is 0 when every write was flushed."""
     return asyncio.run(_serve_until_signalled(bootstrap, namespaces, options or ServerOptions()))

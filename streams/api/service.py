@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from streams.api import messages
-from streams.api.auth import Caller, TokenRegistry, authorize
+from streams.api.auth import Caller, Grant, Identifies, TokenRegistry, authorize
 from streams.api.idempotency import Attempt, IdempotencyCache
 from streams.api.messages import (
     BatchRequest,
@@ -24,11 +24,12 @@ from streams.api.messages import (
     EntryAck,
     MalformedMessage,
     WriteRequest,
+    op_of,
 )
 from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
-from streams.model import BatchInfo, WalEntry
+from streams.model import BatchInfo, Op, WalEntry
 from streams.namespaces import Namespace
 from streams.ports import Delivery, Durable
 
@@ -92,14 +93,14 @@ class WalService:
         namespaces: Mapping[str, Namespace],
         writer: EntryWriter,
         batches: BatchWriter,
-        tokens: TokenRegistry | None = None,
+        tokens: Identifies | None = None,
         options: ServiceOptions | None = None,
     ) -> None:
         self.options = options or ServiceOptions()
         self._validator = RequestValidator(namespaces, self.options.limits)
         self._writer = writer
         self._batches = batches
-        self._tokens = tokens or TokenRegistry()
+        self._tokens: Identifies = tokens or TokenRegistry()
         self.limiter = InFlightLimiter(self.options.max_in_flight)
         ttl, size = self.options.idempotency_ttl_s, self.options.idempotency_max_keys
         self._writes: IdempotencyCache[Delivery] = IdempotencyCache(ttl, size, _settled)
@@ -184,7 +185,7 @@ class WalService:
 
     async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> Delivery:
         ns = self._validator.namespace(request.namespace)
-        authorize(ns, caller)
+        authorize(ns, caller, Grant.DELETE if op_of(request.op) is Op.DELETE else Grant.WRITE)
         now = _now_us()
         valid = self._validator.write(ns, request, now)
         key = request.idempotency_key
@@ -224,7 +225,11 @@ class WalService:
 
     async def _write_batch(self, request: BatchRequest, caller: Caller, headers: Mapping[str, str]) -> BatchResponse:
         ns = self._validator.namespace(request.namespace)
-        authorize(ns, caller)
+        deletes = [op_of(spec.op) is Op.DELETE for spec in request.entries]
+        if not deletes or not all(deletes):
+            authorize(ns, caller, Grant.WRITE)
+        if any(deletes):
+            authorize(ns, caller, Grant.DELETE)
         now = _now_us()
         write_time, valid = self._validator.batch(ns, request, now)
         key = request.idempotency_key
@@ -262,7 +267,7 @@ class WalService:
         self, request: BulkDeleteRequest, caller: Caller, headers: Mapping[str, str]
     ) -> BulkDeleteResponse:
         ns = self._validator.namespace(request.namespace)
-        authorize(ns, caller)
+        authorize(ns, caller, Grant.DELETE)
         now = _now_us()
         valid = self._validator.bulk_delete(ns, request, now)
         key = request.idempotency_key

@@ -268,21 +268,30 @@ class Throttle(_Model):
     max_deletes_per_second: float | None = Field(default=None, gt=0)
 
 
+#: In an authorization list: any caller, anonymous ones included.
+ANYONE = "*"
+
+
 class Authorization(_Model):
-    """Which producer identities may write; empty means anyone."""
+    """Which producer identities may write through the API. Closed unless it says otherwise: an empty list
+    admits nobody, ``"*"`` admits anyone. Deletes need their own grant (``deleters``), so a service that may
+    write is not thereby allowed to erase."""
 
     producers: NameList = ()
+    deleters: NameList = ()
 
-    @_field_validator("producers")
+    @_field_validator("producers", "deleters")
     @classmethod
-    def _distinct(cls, producers: tuple[str, ...]) -> tuple[str, ...]:
-        problems = [Problem(f"[{i}]", "must not be empty") for i, name in enumerate(producers) if not name.strip()]
+    def _distinct(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [Problem(f"[{i}]", "must not be empty") for i, name in enumerate(names) if not name.strip()]
         problems += [
-            Problem(f"[{i}]", f"{name!r} is listed twice") for i, name in enumerate(producers) if name in producers[:i]
+            Problem(f"[{i}]", f"{name!r} is listed twice") for i, name in enumerate(names) if name in names[:i]
         ]
+        if ANYONE in names and len(names) > 1:
+            problems.append(Problem("", f"{ANYONE!r} admits anyone; list it alone or list identities"))
         if problems:
             raise Problems(problems)
-        return producers
+        return names
 
 
 class Namespace(_Model):

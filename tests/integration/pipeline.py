@@ -48,6 +48,8 @@ def namespace_document(name: str, partitions: int = 3, **overrides: Any) -> dict
                 "fields": {"color": "keyword", "qty": "long"},
             },
         },
+        # Open to any API caller: these namespaces test the pipeline, not who may write.
+        "authorization": {"producers": ["*"], "deleters": ["*"]},
     }
     doc.update(overrides)
     return doc

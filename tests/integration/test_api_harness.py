@@ -51,7 +51,8 @@ def write_namespace(
     folder: Path,
     bootstrap: str,
     *,
-    producers: Sequence[str] = (),
+    producers: Sequence[str] = ("*",),
+    deleters: Sequence[str] = ("*",),
     payload: Mapping[str, Any] | None = None,
     partitions: int = 3,
 ) -> Namespace:
@@ -72,8 +73,7 @@ def write_namespace(
             "search": {"type": "elasticsearch", "index": name, "fields": {"sku": "keyword"}},
         },
     }
-    if producers:
-        document["authorization"] = {"producers": list(producers)}
+    document["authorization"] = {"producers": list(producers), "deleters": list(deleters)}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     namespace = load_namespace(path)

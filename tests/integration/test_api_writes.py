@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from connectors.endpoints import Endpoints
 from streams.api import messages
-from streams.api.messages import LifecycleSpec, WriteRequest
+from streams.api.messages import BatchEntrySpec, BatchRequest, BulkDeleteRequest, LifecycleSpec, WriteRequest
 from streams.client.grpc import ApiError, WalClient, write_request
 from streams.model import Op
 from streams.namespaces import Namespace
@@ -32,22 +32,25 @@ from tests.integration.test_api_harness import (
 
 pytestmark = pytest.mark.integration
 
-TOKENS = {"tok-checkout": "checkout", "tok-billing": "billing"}
+TOKENS = {"tok-checkout": "checkout", "tok-billing": "billing", "tok-admin": "order-admin"}
 
 
 class World:
-    def __init__(self, bootstrap: str, api: ApiHarness, open_ns: Namespace, locked: Namespace, avro: Namespace):
+    def __init__(
+        self, bootstrap: str, api: ApiHarness, open_ns: Namespace, locked: Namespace, avro: Namespace, closed: Namespace
+    ):
         self.bootstrap = bootstrap
         self.api = api
         self.open = open_ns
         self.locked = locked
         self.avro = avro
+        self.closed = closed
 
     def client(self, token: str | None = None) -> WalClient:
         return WalClient(self.api.target, token=token, timeout_s=30)
 
     def offsets(self) -> dict[str, dict[int, int]]:
-        return {ns.name: end_offsets(self.bootstrap, ns) for ns in (self.open, self.locked, self.avro)}
+        return {ns.name: end_offsets(self.bootstrap, ns) for ns in (self.open, self.locked, self.avro, self.closed)}
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +58,13 @@ def world(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Ite
     folder = tmp_path_factory.mktemp("api-namespaces")
     bootstrap = endpoints.kafka_bootstrap
     open_ns = write_namespace(folder, bootstrap)
-    locked = write_namespace(folder, bootstrap, producers=["checkout"])
+    locked = write_namespace(folder, bootstrap, producers=["checkout", "order-admin"], deleters=["order-admin"])
     avro = write_namespace(folder, bootstrap, payload={"format": "avro", "schema": AVRO_SCHEMA, "max_bytes": 256})
+    closed = write_namespace(folder, bootstrap, producers=(), deleters=())  # says nothing: admits nobody
     tokens = folder / "tokens.yaml"
     tokens.write_text("\n".join(f"{token}: {identity}" for token, identity in TOKENS.items()) + "\n")
-    with running_api(bootstrap, [open_ns, locked, avro], tokens_file=tokens) as api:
-        yield World(bootstrap, api, open_ns, locked, avro)
+    with running_api(bootstrap, [open_ns, locked, avro, closed], tokens_file=tokens) as api:
+        yield World(bootstrap, api, open_ns, locked, avro, closed)
 
 
 def test_write_to_log_is_durable_and_lands_decodable(world: World) -> None:
@@ -185,6 +189,16 @@ REFUSALS: list[tuple[str, str, dict[str, object], str | None, grpc.StatusCode, s
     ("unknown token", "locked", {}, "tok-forged", grpc.StatusCode.UNAUTHENTICATED, "authorization"),
     ("unknown token, open namespace", "open", {}, "tok-forged", grpc.StatusCode.UNAUTHENTICATED, "authorization"),
     ("identity not listed", "locked", {}, "tok-billing", grpc.StatusCode.PERMISSION_DENIED, "authorization"),
+    ("closed namespace, no token", "closed", {}, None, grpc.StatusCode.PERMISSION_DENIED, "authorization"),
+    ("closed namespace, a token", "closed", {}, "tok-checkout", grpc.StatusCode.PERMISSION_DENIED, "authorization"),
+    (
+        "a writer's DELETE entry",
+        "locked",
+        {"op": messages.op_code(Op.DELETE), "payload": b""},
+        "tok-checkout",
+        grpc.StatusCode.PERMISSION_DENIED,
+        "authorization",
+    ),
 ]
 
 
@@ -208,6 +222,35 @@ def test_listed_identity_may_write_to_a_locked_namespace(world: World) -> None:
     with world.client("tok-checkout") as client:
         assert client.write_to_log(_ok(world.locked)).durable is Durable.TRUE
     assert grew_by(before, end_offsets(world.bootstrap, world.locked)) == 1
+
+
+def test_deletes_need_the_deleters_grant(world: World) -> None:
+    """A producer allowed to write may not delete, in any call; a listed deleter may."""
+    delete = _ok(world.locked, op=messages.op_code(Op.DELETE), payload=b"")
+    bulk = BulkDeleteRequest(world.locked.name, ("k1", "k2"))
+    mixed = BatchRequest(
+        world.locked.name,
+        (
+            BatchEntrySpec("k1", messages.op_code(Op.UPSERT), b'{"sku": "s"}'),
+            BatchEntrySpec("k2", messages.op_code(Op.DELETE)),
+        ),
+    )
+    before = world.offsets()
+    with world.client("tok-checkout") as writer:
+        for call in (
+            lambda: writer.bulk_delete(bulk),
+            lambda: writer.write_batch(mixed),
+            lambda: writer.write_to_log(delete),
+        ):
+            with pytest.raises(ApiError) as refused:
+                call()
+            assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED, refused.value.details
+            assert "authorization.deleters" in refused.value.details
+    assert world.offsets() == before, "a refused delete wrote something"
+    with world.client("tok-admin") as admin:
+        assert admin.bulk_delete(bulk).durable is Durable.TRUE
+        assert admin.write_to_log(delete).durable is Durable.TRUE
+    assert grew_by(before[world.locked.name], end_offsets(world.bootstrap, world.locked)) == 3
 
 
 def test_malformed_authorization_metadata_is_unauthenticated(world: World) -> None:

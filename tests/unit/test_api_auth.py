@@ -7,17 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from streams.api.auth import ANONYMOUS, Caller, TokenRegistry, TokensFileError, authorize, load_tokens
+from streams.api.auth import (
+    ANONYMOUS,
+    Caller,
+    Grant,
+    TokenRegistry,
+    TokensFile,
+    TokensFileError,
+    authorize,
+    load_tokens,
+)
 from streams.api.rejections import RejectCode, Rejected
-from streams.namespaces import Namespace, parse_namespace
+from streams.namespaces import Namespace, NamespaceError, parse_namespace
 
 
-def _namespace(producers: list[str]) -> Namespace:
+def _namespace(producers: list[str], deleters: list[str] | None = None) -> Namespace:
     return parse_namespace(
         {
             "name": "orders",
             "targets": {"search": {"type": "elasticsearch", "index": "o", "fields": {"a": "keyword"}}},
-            "authorization": {"producers": producers},
+            "authorization": {"producers": producers, "deleters": deleters or []},
         }
     )
 
@@ -46,9 +55,34 @@ def test_identify() -> None:
     ), "the digest itself is not a token"
 
 
-def test_open_namespace_accepts_anyone() -> None:
-    authorize(_namespace([]), ANONYMOUS)
-    authorize(_namespace([]), Caller("whoever"))
+def test_a_namespace_without_producers_admits_nobody() -> None:
+    closed = _namespace([])
+    assert _code(lambda: authorize(closed, ANONYMOUS)) is RejectCode.PERMISSION_DENIED
+    assert _code(lambda: authorize(closed, Caller("checkout"))) is RejectCode.PERMISSION_DENIED
+
+
+def test_a_star_admits_anyone() -> None:
+    open_ = _namespace(["*"], ["*"])
+    for caller in (ANONYMOUS, Caller("whoever")):
+        authorize(open_, caller)
+        authorize(open_, caller, Grant.DELETE)
+
+
+def test_deletes_need_their_own_grant() -> None:
+    ns = _namespace(["checkout", "admin"], ["admin"])
+    authorize(ns, Caller("checkout"))
+    assert _code(lambda: authorize(ns, Caller("checkout"), Grant.DELETE)) is RejectCode.PERMISSION_DENIED
+    authorize(ns, Caller("admin"), Grant.DELETE)
+    assert _code(lambda: authorize(ns, ANONYMOUS, Grant.DELETE)) is RejectCode.UNAUTHENTICATED
+    # Writing to an open namespace does not open its deletes.
+    writable = _namespace(["*"])
+    authorize(writable, ANONYMOUS)
+    assert _code(lambda: authorize(writable, ANONYMOUS, Grant.DELETE)) is RejectCode.PERMISSION_DENIED
+
+
+def test_a_star_stands_alone() -> None:
+    with pytest.raises(NamespaceError, match="admits anyone"):
+        _namespace(["*", "checkout"])
 
 
 def test_locked_namespace() -> None:
@@ -91,3 +125,18 @@ def test_bad_tokens_files_are_refused(tmp_path: Path, text: str, problem: str) -
 def test_missing_tokens_file(tmp_path: Path) -> None:
     with pytest.raises(TokensFileError, match="cannot read"):
         load_tokens(tmp_path / "nope.yaml")
+
+
+def test_the_tokens_file_is_reloaded_when_it_changes_and_a_broken_one_keeps_the_old(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text("tok-old: checkout\n", encoding="utf-8")
+    tokens = TokensFile(path)
+    assert tokens.identify("Bearer tok-old") == Caller("checkout") and not tokens.changed()
+    path.write_text("tok-new: checkout\n", encoding="utf-8")
+    assert tokens.changed() and tokens.reload()
+    assert tokens.identify("Bearer tok-new") == Caller("checkout")
+    assert _code(lambda: tokens.identify("Bearer tok-old")) is RejectCode.UNAUTHENTICATED
+    path.write_text("tok-newer: [1, 2]\n", encoding="utf-8")
+    assert not tokens.reload(), "a broken file is not taken"
+    assert tokens.identify("Bearer tok-new") == Caller("checkout")
+    assert not tokens.changed(), "a broken version is tried once, not again every second"

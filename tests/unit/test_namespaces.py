@@ -75,7 +75,8 @@ def test_the_example_loads_with_its_defaults() -> None:
     assert ns.retry.tiers == ("1s", "10s", "1m", "10m")
     assert ns.tier_delays_ms() == (1_000, 10_000, 60_000, 600_000)
     assert ns.retry.max_attempts == 8 and ns.retry.backoff_multiplier == 2.0
-    assert ns.throttle.max_deletes_per_second is None and ns.authorization.producers == ()
+    assert ns.throttle.max_deletes_per_second is None
+    assert ns.authorization.producers == ("checkout", "order-admin") and ns.authorization.deleters == ("order-admin",)
     assert ns.topics()[0] == "wal.orders" and ns.topics()[-1] == "wal.orders.cdc"
 
 
