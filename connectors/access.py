@@ -145,11 +145,11 @@ def check_elasticsearch(endpoints: Endpoints, timeout: float = 15.0) -> None:
         ) from None
     except TlsError as exc:
         raise AccessRefused(
-            f"TLS with Elasticsearch at {url} failed ({_first_line(str(exc))}): check "
+            f"TLS with Elasticsearch at {url} failed ({_first_line(exc.message)}): check "
             f"WALSTREAM_ELASTICSEARCH_CA_FILE or WALSTREAM_ELASTICSEARCH_FINGERPRINT"
         ) from None
     except TransportConnectionError as exc:
-        if url.startswith("http://") and not _refused(str(exc)):
+        if url.startswith("http://") and not _refused(f"{exc} {exc.message}"):
             raise AccessRefused(
                 f"Elasticsearch at {url} dropped a plaintext request; if it serves https, use an https:// "
                 f"address in WALSTREAM_ELASTICSEARCH_URL"
