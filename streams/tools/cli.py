@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,13 @@ def _stack(args: argparse.Namespace) -> int:
     if settings.mode is not StackMode.LOCAL:
         _say(f"WALSTREAM_STACK_MODE is {settings.mode.value}: `walstream stack` manages only the local stack")
         return 2
-    stack = LocalStack(settings.local, services=args.services or SERVICE_NAMES, progress=_say)
+    local = settings.local.model_copy(update={"secure": True}) if args.secure else settings.local
+    stack = LocalStack(local, services=args.services or SERVICE_NAMES, progress=_say)
+    if args.action == "env":
+        # What a shell needs to use this stack from elsewhere: `eval "$(walstream stack env)"`.
+        for name, value in stack.client_env().items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
     if args.action == "up":
         result = stack.up()
         _print_status(stack)
@@ -319,6 +326,10 @@ def _print_status(stack: object) -> bool:
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
         print(f"{row.name:<14} {row.state:<10} {pid:>8}  {row.endpoint:<28} {row.log}")
+    if stack.secure:
+        print(f"secured: TLS and passwords (secrets in {stack.secrets.dir}); client settings: walstream stack env")
+    else:
+        print("open: no TLS, no passwords (`walstream stack up --secure` on an empty stack dir secures it)")
     return all(row.healthy for row in rows)
 
 
@@ -334,12 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Where things live: artifacts in WALSTREAM_CACHE_DIR (root: /var/cache/walstream, others: "
             "$XDG_CACHE_HOME/walstream), config, data, logs and pids in WALSTREAM_STACK_DIR (root: "
             "/var/lib/walstream/stack, others: $XDG_STATE_HOME/walstream/stack). "
-            "One service at a time: `walstream stack down cassandra`, then `walstream stack up cassandra`."
+            "One service at a time: `walstream stack down cassandra`, then `walstream stack up cassandra`. "
+            "`walstream stack env` prints the WALSTREAM_* settings another process needs to use the stack "
+            "(external mode; secured stacks' passwords as files)."
         ),
     )
-    stack.add_argument("action", choices=["up", "down", "status", "logs"])
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
     stack.add_argument("services", nargs="*", help="kafka, cassandra, elasticsearch (default: all)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
+    stack.add_argument(
+        "--secure",
+        action="store_true",
+        help="up: TLS and passwords on every service (the same as WALSTREAM_STACK_SECURE=true); the other "
+        "actions follow what the stack dir was made for",
+    )
     stack.set_defaults(handler=_stack)
 
     run = sub.add_parser("run", help="the main job on the configured stack (`make run`)")
