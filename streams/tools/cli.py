@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -26,38 +25,9 @@ def _say(message: str) -> None:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from streams.tools.stack import run_stack
 
-    settings = load_settings()
-    if settings.mode is not StackMode.LOCAL:
-        _say(f"WALSTREAM_STACK_MODE is {settings.mode.value}: `walstream stack` manages only the local stack")
-        return 2
-    local = settings.local.model_copy(update={"secure": True}) if args.secure else settings.local
-    stack = LocalStack(local, services=args.services or SERVICE_NAMES, progress=_say)
-    if args.action == "env":
-        # What a shell needs to use this stack from elsewhere: `eval "$(walstream stack env)"`.
-        for name, value in stack.client_env().items():
-            print(f"export {name}={shlex.quote(value)}")
-        return 0
-    if args.action == "up":
-        result = stack.up()
-        _print_status(stack)
-        if result.started:
-            _say(f"started {', '.join(result.started)} in {result.elapsed_s:.1f}s")
-        return 0
-    if args.action == "down":
-        stopped = stack.down()
-        _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
-        return 0
-    if args.action == "status":
-        healthy = _print_status(stack)
-        return 0 if healthy else 1
-    if args.action == "logs":
-        for name in args.services or SERVICE_NAMES:
-            print(f"==> {name} <==")
-            print(stack.log_tail(name, args.lines))
-        return 0
-    raise AssertionError(args.action)
+    return run_stack(args, _say)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -319,18 +289,10 @@ def _api(args: argparse.Namespace) -> int:
 
 def _print_status(stack: object) -> bool:
     from connectors.local.stack import LocalStack
+    from streams.tools.stack import print_status
 
     assert isinstance(stack, LocalStack)
-    rows = stack.status()
-    print(f"{'service':<14} {'state':<10} {'pid':>8}  {'endpoint':<28} log")
-    for row in rows:
-        pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<14} {row.state:<10} {pid:>8}  {row.endpoint:<28} {row.log}")
-    if stack.secure:
-        print(f"secured: TLS and passwords (secrets in {stack.secrets.dir}); client settings: walstream stack env")
-    else:
-        print("open: no TLS, no passwords (`walstream stack up --secure` on an empty stack dir secures it)")
-    return all(row.healthy for row in rows)
+    return print_status(stack)
 
 
 def build_parser() -> argparse.ArgumentParser:
