@@ -4,8 +4,11 @@ client without TLS. The test runs its own secured stack on free ports in a folde
 from __future__ import annotations
 
 import base64
+import os
+import shlex
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from connectors.cassandra.sink import new_cluster
 from connectors.endpoints import Endpoints
 from connectors.local.stack import LocalStack
-from streams.config import Settings, StackMode
+from streams.config import Settings, StackMode, load_settings
 from tests.integration.pipeline import free_port
 
 pytestmark = pytest.mark.integration
@@ -230,3 +233,38 @@ def test_no_password_reaches_a_log(stack: LocalStack) -> None:
     for log in logs:
         text = log.read_text(errors="replace")
         assert not [p for p in passwords if p in text], log
+
+
+# -- The command line ------------------------------------------------------------------------------------------
+
+
+def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`walstream stack …` on this test's stack: only the folder and the ports are given, not --secure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")}
+    env["WALSTREAM_STACK_DIR"] = str(stack.settings.stack_dir)
+    env["WALSTREAM_CACHE_DIR"] = str(stack.settings.cache_dir)
+    for name, port in stack.settings.ports().items():
+        env[f"WALSTREAM_{name.upper()}"] = str(port)
+    if stack.settings.java_home is not None:
+        env["WALSTREAM_JAVA_HOME"] = str(stack.settings.java_home)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", "stack", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_status_says_the_stack_is_secured(stack: LocalStack) -> None:
+    out = _cli(stack, "status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "secured" in out.stdout
+    assert sum(" healthy " in line for line in out.stdout.splitlines()) == 3, out.stdout
+
+
+def test_cli_env_gives_an_external_client_everything_but_the_passwords(stack: LocalStack) -> None:
+    out = _cli(stack, "env")
+    assert out.returncode == 0, out.stderr
+    env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
+    for path in stack.secrets.dir.glob("*.password"):
+        assert stack.secrets.password(path) not in out.stdout
+    settings = load_settings(env)
+    assert settings.mode is StackMode.EXTERNAL
+    assert settings.client_security() == stack.endpoints().security
