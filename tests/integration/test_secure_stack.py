@@ -268,3 +268,17 @@ def test_cli_env_gives_an_external_client_everything_but_the_passwords(stack: Lo
     settings = load_settings(env)
     assert settings.mode is StackMode.EXTERNAL
     assert settings.client_security() == stack.endpoints().security
+
+
+# -- A restart (last: the tests above run on the first start) ---------------------------------------------------
+
+
+def test_a_restart_reuses_the_secrets(stack: LocalStack) -> None:
+    before = {p.name: p.read_bytes() for p in stack.secrets.dir.iterdir()}
+    assert stack.down() == ["elasticsearch", "cassandra", "kafka"]
+    # up() waits until each server takes its secured client: Kafka's SCRAM user from the formatted log,
+    # Cassandra's walstream role, Elasticsearch's password from its keystore, all from the first start.
+    result = stack.up()
+    assert sorted(result.started) == ["cassandra", "elasticsearch", "kafka"]
+    assert {p.name: p.read_bytes() for p in stack.secrets.dir.iterdir()} == before
+    _say(f"restarted in {result.elapsed_s:.1f}s")
