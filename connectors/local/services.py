@@ -7,14 +7,18 @@ import json
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
+from connectors.local import secured
 from connectors.local.artifacts import ArtifactCache
+from connectors.local.credentials import CLIENT_USER, ELASTICSEARCH_USER, random_password, secrets_of, write_private
 from connectors.local.errors import ServiceFailed, StackError
 from connectors.local.java import JavaRuntime
 from connectors.local.process import Launch, log_tail
@@ -32,6 +36,8 @@ class Service(ABC):
         self.settings = settings
         self.java = java
         self.dir = settings.stack_dir / self.name
+        #: Only read when the stack is secured; LocalStack.up makes them before any service is prepared.
+        self.secrets = secrets_of(settings.stack_dir)
 
     @property
     def log(self) -> Path:
@@ -59,6 +65,10 @@ class Service(ABC):
     @abstractmethod
     def ready(self) -> bool:
         """One quick, real client call; True when it succeeds."""
+
+    def setup(self) -> bool:
+        """One-time work once the port answers (Cassandra's roles); True when done. Called until it is."""
+        return True
 
     def _base_env(self) -> dict[str, str]:
         keep = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -117,8 +127,12 @@ class Kafka(Service):
             "num.io.threads": "4",
             "log.retention.hours": "168",
         }
+        password = self.secrets.password(self.secrets.kafka_password_file) if s.secure else None
+        if password is not None:
+            props.update(secured.kafka_properties(s, self.secrets, password))
         server_props = conf / "server.properties"
-        server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        # Owner-only: when secured it holds the broker's password (its listener's JAAS line).
+        write_private(server_props, "".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = conf / "log4j.properties"
         log4j.write_text(
             "log4j.rootLogger=INFO, stdout\n"
@@ -143,21 +157,37 @@ class Kafka(Service):
         ]
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server_props)],
-                capture_output=True,
-                text=True,
-                check=False,
-                env=self._base_env(),
-            )
+            tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server_props)]
+            if password is not None:
+                tool += ["--add-scram", secured.kafka_scram_argument(password)]
+            # The tool takes SCRAM credentials only as an argument. The java launcher reads its arguments from
+            # an @-file, so the password stays in an owner-only file and off every process list.
+            argfile = conf / "format.args"
+            write_private(argfile, "\n".join(tool) + "\n")
+            try:
+                fmt = subprocess.run(
+                    [*jvm, f"@{argfile}"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env=self._base_env(),
+                )
+            finally:
+                argfile.unlink(missing_ok=True)
             if fmt.returncode != 0:
-                raise ServiceFailed(f"formatting Kafka storage in {data} failed:\n{fmt.stdout}{fmt.stderr}")
+                output = fmt.stdout + fmt.stderr
+                if password is not None:
+                    output = output.replace(password, "***")
+                raise ServiceFailed(f"formatting Kafka storage in {data} failed:\n{output}")
         return Launch(argv=[*jvm, "kafka.Kafka", str(server_props)], env=self._base_env(), cwd=self.dir, log=self.log)
 
     def ready(self) -> bool:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.endpoint(), "log_level": 0})
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.endpoint(), "log_level": 0}
+        if self.settings.secure:
+            config.update(secured.kafka_client_config(secured.client_security(self.secrets).kafka))
+        admin = AdminClient(config)
         try:
             metadata = admin.list_topics(timeout=2)
         except Exception:  # noqa: BLE001 - any failure simply means "not ready yet"
@@ -268,6 +298,8 @@ class Cassandra(Service):
             "write_request_timeout": "5000ms",
             "read_request_timeout": "5000ms",
         }
+        if s.secure:
+            config.update(secured.cassandra_config(self.secrets))
         yaml_path.write_text(json.dumps(config, indent=1))
         logback = conf / "logback.xml"
         logback.write_text(
@@ -303,6 +335,8 @@ class Cassandra(Service):
             "-Dcassandra.ring_delay_ms=1000",
             "-Dcassandra.load_ring_state=false",
             "-Dio.netty.tryReflectionSetAccessible=true",
+            # The default superuser, which creates walstream's role (setup), is otherwise made 10 s after start.
+            "-Dcassandra.superuser_setup_delay_ms=0",
             "-cp",
             f"{conf}:{lib}/*",
             "org.apache.cassandra.service.CassandraDaemon",
@@ -310,19 +344,75 @@ class Cassandra(Service):
         return Launch(argv=argv, env=self._base_env(), cwd=self.dir, log=self.log)
 
     def ready(self) -> bool:
-        from cassandra.cluster import NoHostAvailable
+        password = self.secrets.password(self.secrets.cassandra_password_file) if self.settings.secure else ""
+        try:
+            session, cluster = self._connect(CLIENT_USER, password)
+        except Exception:  # noqa: BLE001 - not ready yet
+            return False
+        try:
+            row = session.execute("SELECT release_version FROM system.local", timeout=2).one()
+            return row is not None
+        except Exception:  # noqa: BLE001 - not ready yet
+            return False
+        finally:
+            cluster.shutdown()
+
+    def setup(self) -> bool:
+        """Secured: make the ``walstream`` superuser role with the default ``cassandra`` superuser, then take
+        the default one's login away (its password is known to the world). Done once walstream can log in."""
+        if not self.settings.secure:
+            return True
+        password = self.secrets.password(self.secrets.cassandra_password_file)
+        try:
+            session, cluster = self._connect(CLIENT_USER, password)
+        except Exception:  # noqa: BLE001 - no walstream role yet, or not up yet
+            pass
+        else:
+            try:
+                # On a first start the default superuser still has its well-known login: retire it (a random
+                # password nobody keeps, and no login), now that walstream's own login is proven.
+                row = session.execute("SELECT can_login FROM system_auth.roles WHERE role = 'cassandra'").one()
+                if row is not None and row.can_login:
+                    session.execute(
+                        "ALTER ROLE cassandra WITH PASSWORD = %s AND LOGIN = false", (random_password(),), timeout=10
+                    )
+                return True
+            except Exception:  # noqa: BLE001 - try again on the next round
+                return False
+            finally:
+                cluster.shutdown()
+        try:
+            # The default superuser appears shortly after the first start (the node makes it on its own).
+            session, cluster = self._connect("cassandra", "cassandra")
+        except Exception:  # noqa: BLE001 - not there yet
+            return False
+        try:
+            session.execute(
+                f"CREATE ROLE IF NOT EXISTS {CLIENT_USER} WITH PASSWORD = %s AND SUPERUSER = true AND LOGIN = true",
+                (password,),
+                timeout=10,
+            )
+        except Exception:  # noqa: BLE001 - try again on the next round
+            pass
+        finally:
+            cluster.shutdown()
+        return False  # done only when the next round logs in as walstream
+
+    def _connect(self, username: str, password: str) -> tuple[Any, Any]:
+        """A session as ``username`` (TLS with the stack's CA when secured); the caller shuts the cluster down."""
+        from cassandra.auth import PlainTextAuthProvider
 
         from connectors.cassandra.sink import new_cluster
 
         cluster = new_cluster(HOST, self.settings.cassandra_port, timeout=2)
+        if self.settings.secure:
+            cluster.ssl_context = ssl.create_default_context(cafile=str(self.secrets.ca_file))
+            cluster.auth_provider = PlainTextAuthProvider(username=username, password=password)
         try:
-            session = cluster.connect()
-            row = session.execute("SELECT release_version FROM system.local", timeout=2).one()
-            return row is not None
-        except (NoHostAvailable, OSError, Exception):  # noqa: BLE001 - not ready yet
-            return False
-        finally:
+            return cluster.connect(), cluster
+        except BaseException:
             cluster.shutdown()
+            raise
 
 
 class Elasticsearch(Service):
@@ -339,7 +429,8 @@ class Elasticsearch(Service):
         return self.settings.elasticsearch_port
 
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.settings.elasticsearch_port}"
+        scheme = "https" if self.settings.secure else "http"
+        return f"{scheme}://{HOST}:{self.settings.elasticsearch_port}"
 
     def fetch(self, cache: ArtifactCache) -> None:
         cache.elasticsearch_home()
@@ -364,8 +455,7 @@ class Elasticsearch(Service):
             f"path.data: {data}\n"
             f"path.logs: {logs}\n"
             "cluster.routing.allocation.disk.threshold_enabled: false\n"
-            "action.destructive_requires_name: false\n"
-            + ("xpack.security.enabled: false\n" if (home / "modules" / "x-pack-security").exists() else "")
+            "action.destructive_requires_name: false\n" + self._security_yml(home, conf)
         )
         (conf / "jvm.options").write_text(
             "-XX:+UseG1GC\n"
@@ -389,6 +479,8 @@ class Elasticsearch(Service):
                 _chown_tree(d, user, group)
             _check_reachable(home, user, group)
             _check_reachable(self.dir, user, group)
+        if s.secure and not (conf / "elasticsearch.keystore").exists():
+            self._make_keystore(home, env, user, group)
         return Launch(
             argv=[str(home / "bin" / "elasticsearch")],
             env=env,
@@ -397,6 +489,38 @@ class Elasticsearch(Service):
             user=user,
             group=group,
         )
+
+    def _security_yml(self, home: Path, conf: Path) -> str:
+        if not (home / "modules" / "x-pack-security").exists():
+            if self.settings.secure:
+                raise StackError(f"the Elasticsearch in {home} has no security module; the secured stack needs it")
+            return ""
+        if not self.settings.secure:
+            return "xpack.security.enabled: false\n"
+        # The node reads only files inside its config folder: it gets its own copies of the PEM files.
+        certs = conf / secured.ES_CERTS_DIR
+        certs.mkdir(mode=0o700, exist_ok=True)
+        for src in (self.secrets.ca_file, self.secrets.cert_file, self.secrets.key_file):
+            write_private(certs / src.name, src.read_text())
+        return secured.elasticsearch_yml()
+
+    def _make_keystore(self, home: Path, env: dict[str, str], user: int | None, group: int | None) -> None:
+        """The ``elastic`` user's first password, as ``bootstrap.password`` in the node's keystore (made as the
+        user that runs the node, so it can read it). The password goes in on stdin."""
+        made = subprocess.run(
+            [str(home / "bin" / "elasticsearch-keystore"), "add", "--force", "--stdin", "bootstrap.password"],
+            input=self.secrets.password(self.secrets.elasticsearch_password_file) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            cwd=self.dir,
+            user=user,
+            group=group,
+            extra_groups=[] if user is not None else None,
+        )
+        if made.returncode != 0:
+            raise ServiceFailed(f"elasticsearch-keystore could not store the bootstrap password: {made.stderr}")
 
     def _unprivileged_owner(self) -> tuple[int, int]:
         """Elasticsearch refuses root: as root, run it as a system user that owns only its own folders."""
@@ -421,8 +545,15 @@ class Elasticsearch(Service):
 
     def ready(self) -> bool:
         url = f"{self.endpoint()}/_cluster/health?wait_for_status=yellow&timeout=1s"
+        request = urllib.request.Request(url)
+        context = None
+        if self.settings.secure:
+            context = ssl.create_default_context(cafile=str(self.secrets.ca_file))
+            password = self.secrets.password(self.secrets.elasticsearch_password_file)
+            token = base64.b64encode(f"{ELASTICSEARCH_USER}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
+            with urllib.request.urlopen(request, timeout=3, context=context) as resp:
                 health = json.load(resp)
         except (urllib.error.URLError, OSError, ValueError):
             return False

@@ -9,13 +9,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from connectors.endpoints import Endpoints
-from connectors.local import versions
+from connectors.local import secured, versions
 from connectors.local.artifacts import ArtifactCache
+from connectors.local.credentials import StackSecrets, ensure_secrets, secrets_of
 from connectors.local.errors import DiskFull, StackError
 from connectors.local.java import JavaRuntime, find_java
 from connectors.local.process import alive, check_ports_free, is_ours, log_tail, members, port_open, spawn, stop
@@ -57,7 +58,12 @@ class UpResult:
 
 
 class LocalStack:
-    """Kafka, Cassandra and Elasticsearch as local processes, tracked by pid in ``<stack_dir>/state.json``."""
+    """Kafka, Cassandra and Elasticsearch as local processes, tracked by pid in ``<stack_dir>/state.json``.
+
+    Open or secured is a property of the stack dir: its data is made for one of them, and the file
+    ``<stack_dir>/security`` says which. ``up`` refuses settings that disagree with it; every other action
+    (status, env, down) follows it, so ``walstream stack env`` needs no ``--secure``.
+    """
 
     def __init__(
         self,
@@ -68,11 +74,23 @@ class LocalStack:
         unknown = set(services) - set(SERVICE_NAMES)
         if unknown:
             raise StackError(f"unknown service(s) {sorted(unknown)}; the stack has {list(SERVICE_NAMES)}")
+        self._asked_secure = settings.secure
+        recorded = _recorded_security(settings.stack_dir)
+        if recorded is not None and recorded != settings.secure:
+            settings = settings.model_copy(update={"secure": recorded})
         self.settings = settings
         self.names = [n for n in SERVICE_NAMES if n in services]
         self._progress = progress
         self._state_path = settings.stack_dir / "state.json"
         self._java: JavaRuntime | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.settings.secure
+
+    @property
+    def secrets(self) -> StackSecrets:
+        return secrets_of(self.settings.stack_dir)
 
     # -- public lifecycle -------------------------------------------------------------------------
 
@@ -81,6 +99,7 @@ class LocalStack:
         began = time.monotonic()
         result = UpResult()
         with self._locked():
+            self._check_security()
             state = self._read_state()
             services = self._services()
             to_start: list[Service] = []
@@ -97,6 +116,10 @@ class LocalStack:
                 return result
             check_ports_free({k: v for svc in to_start for k, v in svc.ports().items()})
             self._check_disk()
+            _record_security(self.settings.stack_dir, self.secure)
+            if self.secure:
+                ensure_secrets(self.settings.stack_dir)
+                self._progress(f"secured stack: certificates and passwords in {self.secrets.dir}")
             cache = ArtifactCache(self.settings.cache_dir, self._progress)
             for svc in to_start:
                 svc.fetch(cache)
@@ -183,12 +206,31 @@ class LocalStack:
 
     def endpoints(self) -> Endpoints:
         s = self.settings
-        return Endpoints(
+        scheme = "https" if self.secure else "http"
+        endpoints = Endpoints(
             kafka_bootstrap=f"{HOST}:{s.kafka_port}",
             cassandra_host=HOST,
             cassandra_port=s.cassandra_port,
-            elasticsearch_url=f"http://{HOST}:{s.elasticsearch_port}",
+            elasticsearch_url=f"{scheme}://{HOST}:{s.elasticsearch_port}",
         )
+        if self.secure:
+            endpoints = replace(endpoints, security=secured.client_security(self.secrets))
+        return endpoints
+
+    def client_env(self) -> dict[str, str]:
+        """The ``WALSTREAM_*`` variables with which another process uses this stack as an external one.
+        Passwords are given as the files that hold them (``..._PASSWORD_FILE``), never as values."""
+        s = self.settings
+        scheme = "https" if self.secure else "http"
+        env = {
+            "WALSTREAM_STACK_MODE": "external",
+            "WALSTREAM_KAFKA_BOOTSTRAP": f"{HOST}:{s.kafka_port}",
+            "WALSTREAM_CASSANDRA_CONTACT": f"{HOST}:{s.cassandra_port}",
+            "WALSTREAM_ELASTICSEARCH_URL": f"{scheme}://{HOST}:{s.elasticsearch_port}",
+        }
+        if self.secure:
+            env.update(secured.client_security_env(self.secrets))
+        return env
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -201,7 +243,7 @@ class LocalStack:
             for name, svc in list(waiting.items()):
                 if not alive(state[name]["pid"]):
                     raise describe_failure(svc, "exited during start-up")
-                if port_open(svc.client_port) and svc.ready():
+                if port_open(svc.client_port) and svc.setup() and svc.ready():
                     ready_after[name] = time.monotonic() - began
                     self._progress(f"{name} ready after {ready_after[name]:.1f}s")
                     del waiting[name]
@@ -228,6 +270,18 @@ class LocalStack:
             if svc.name == name:
                 return svc
         raise StackError(f"unknown service {name!r}; the stack has {self.names}")
+
+    def _check_security(self) -> None:
+        recorded = _recorded_security(self.settings.stack_dir)
+        if recorded is None or recorded == self._asked_secure:
+            return
+        made, asked = ("a secured", "an open") if recorded else ("an open", "a secured")
+        flag = "with --secure (or WALSTREAM_STACK_SECURE=true)" if recorded else "without --secure"
+        raise StackError(
+            f"{self.settings.stack_dir} holds {made} stack's data, which {asked} stack cannot use; nothing was "
+            f"started. Start it {flag}, or stop it (`walstream stack down`) and delete that folder (its topics, "
+            "tables and indices are lost), or point WALSTREAM_STACK_DIR elsewhere."
+        )
 
     def _mark(self, svc: Service) -> str:
         return f"{self.settings.stack_dir.resolve()}#{svc.name}"
@@ -265,6 +319,25 @@ class LocalStack:
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self._state_path)
+
+
+_SECURITY_FILE = "security"
+
+
+def _recorded_security(stack_dir: Path) -> bool | None:
+    """True or False when the stack dir's data was made for a secured or an open stack; None when it has none.
+    A stack dir from before this file existed, with data in it, is an open one."""
+    try:
+        return (stack_dir / _SECURITY_FILE).read_text().strip() == "secured"
+    except FileNotFoundError:
+        pass
+    if any((stack_dir / name / "data").exists() for name in SERVICE_NAMES):
+        return False
+    return None
+
+
+def _record_security(stack_dir: Path, secure: bool) -> None:
+    (stack_dir / _SECURITY_FILE).write_text("secured\n" if secure else "open\n")
 
 
 def _start_order(svc: Service) -> int:

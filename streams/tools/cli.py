@@ -24,32 +24,9 @@ from streams.tools.dlq_cli import dlq_show as _dlq_show
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from streams.tools.stack import run_stack
 
-    settings = load_settings()
-    if settings.mode is not StackMode.LOCAL:
-        _say(f"WALSTREAM_STACK_MODE is {settings.mode.value}: `walstream stack` manages only the local stack")
-        return 2
-    stack = LocalStack(settings.local, services=args.services or SERVICE_NAMES, progress=_say)
-    if args.action == "up":
-        result = stack.up()
-        _print_status(stack)
-        if result.started:
-            _say(f"started {', '.join(result.started)} in {result.elapsed_s:.1f}s")
-        return 0
-    if args.action == "down":
-        stopped = stack.down()
-        _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
-        return 0
-    if args.action == "status":
-        healthy = _print_status(stack)
-        return 0 if healthy else 1
-    if args.action == "logs":
-        for name in args.services or SERVICE_NAMES:
-            print(f"==> {name} <==")
-            print(stack.log_tail(name, args.lines))
-        return 0
-    raise AssertionError(args.action)
+    return run_stack(args, _say)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -208,14 +185,10 @@ def _api(args: argparse.Namespace) -> int:
 
 def _print_status(stack: object) -> bool:
     from connectors.local.stack import LocalStack
+    from streams.tools.stack import print_status
 
     assert isinstance(stack, LocalStack)
-    rows = stack.status()
-    print(f"{'service':<14} {'state':<10} {'pid':>8}  {'endpoint':<28} log")
-    for row in rows:
-        pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<14} {row.state:<10} {pid:>8}  {row.endpoint:<28} {row.log}")
-    return all(row.healthy for row in rows)
+    return print_status(stack)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,12 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Where things live: artifacts in WALSTREAM_CACHE_DIR (root: /var/cache/walstream, others: "
             "$XDG_CACHE_HOME/walstream), config, data, logs and pids in WALSTREAM_STACK_DIR (root: "
             "/var/lib/walstream/stack, others: $XDG_STATE_HOME/walstream/stack). "
-            "One service at a time: `walstream stack down cassandra`, then `walstream stack up cassandra`."
+            "One service at a time: `walstream stack down cassandra`, then `walstream stack up cassandra`. "
+            "`walstream stack env` prints the WALSTREAM_* settings another process needs to use the stack "
+            "(external mode; secured stacks' passwords as files)."
         ),
     )
-    stack.add_argument("action", choices=["up", "down", "status", "logs"])
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
     stack.add_argument("services", nargs="*", help="kafka, cassandra, elasticsearch (default: all)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
+    stack.add_argument(
+        "--secure",
+        action="store_true",
+        help="up: TLS and passwords on every service (the same as WALSTREAM_STACK_SECURE=true); the other "
+        "actions follow what the stack dir was made for",
+    )
     stack.set_defaults(handler=_stack)
 
     run = sub.add_parser("run", help="the main job on the configured stack (`make run`)")
