@@ -7,6 +7,7 @@ reports it. Only an answer that says "not like this" (credentials, TLS) stops a 
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterable
 
@@ -51,6 +52,12 @@ def check_kafka(kafka: Kafka, timeout: float = 15.0) -> None:
     except KafkaException:
         admin.poll(0.5)  # error callbacks are served by poll, not by list_topics
         why = _kafka_refusal(access.bootstrap, access.security.protocol, access.security.username, errors)
+        if why is None and not access.security.tls and any(_speaks_tls(b) for b in access.bootstrap.split(",")):
+            # A TLS listener drops a plaintext client without a word: librdkafka sees only its brokers down.
+            why = (
+                f"Kafka at {access.bootstrap} speaks TLS and this client does not: set "
+                f"WALSTREAM_KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL) and WALSTREAM_KAFKA_CA_FILE"
+            )
         if why is not None:
             raise AccessRefused(why) from None
 
@@ -118,11 +125,11 @@ def _cassandra_refusal(where: str, username: str | None, tls: bool, errors: list
                 f"TLS with Cassandra at {where} failed ({_first_line(text)}): check WALSTREAM_CASSANDRA_CA_FILE "
                 f"and WALSTREAM_CASSANDRA_VERIFY_HOSTNAME"
             )
-        if not tls and not _refused(text):
+        if not tls and _speaks_tls(where):
             # A node that requires TLS drops a plaintext handshake without a word.
             return (
-                f"Cassandra at {where} dropped a plaintext connection ({_first_line(text)}); if it requires TLS, "
-                f"set WALSTREAM_CASSANDRA_TLS=true and WALSTREAM_CASSANDRA_CA_FILE"
+                f"Cassandra at {where} speaks TLS and this client does not: set WALSTREAM_CASSANDRA_TLS=true and "
+                f"WALSTREAM_CASSANDRA_CA_FILE"
             )
     return None
 
@@ -148,19 +155,32 @@ def check_elasticsearch(endpoints: Endpoints, timeout: float = 15.0) -> None:
             f"TLS with Elasticsearch at {url} failed ({_first_line(exc.message)}): check "
             f"WALSTREAM_ELASTICSEARCH_CA_FILE or WALSTREAM_ELASTICSEARCH_FINGERPRINT"
         ) from None
-    except TransportConnectionError as exc:
-        if url.startswith("http://") and not _refused(f"{exc} {exc.message}"):
+    except TransportConnectionError:
+        address = url.split("://", 1)[-1].split("/", 1)[0]
+        if url.startswith("http://") and _speaks_tls(address):
             raise AccessRefused(
-                f"Elasticsearch at {url} dropped a plaintext request; if it serves https, use an https:// "
-                f"address in WALSTREAM_ELASTICSEARCH_URL"
+                f"Elasticsearch at {url} serves https: use an https:// address in WALSTREAM_ELASTICSEARCH_URL"
             ) from None
     finally:
         es.close()
 
 
-def _refused(text: str) -> bool:
-    """Nothing listens there: an outage or a wrong address, not a security refusal."""
-    return "refused" in text.lower() or "Errno 111" in text
+def _speaks_tls(address: str, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (its certificate unchecked: this only asks which protocol
+    it speaks, nothing is sent over it). False where nothing listens or it speaks something else."""
+    host, _, port = address.strip().rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    name = host.strip("[]")
+    try:
+        with (
+            socket.create_connection((name, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=name),
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _first_line(text: str) -> str:

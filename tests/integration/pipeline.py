@@ -74,7 +74,7 @@ class ScratchNamespace:
         return self.name.replace("_", "-")
 
     def drop(self, session: Session, es: Elasticsearch) -> None:
-        admin = KafkaAdmin(self.endpoints.kafka_bootstrap)
+        admin = KafkaAdmin(self.endpoints.kafka)
         internal = [t for t in admin._admin.list_topics(timeout=10).topics if t.startswith(f"walstream.{self.name}-")]
         outboxes = [t.topic for t in self.namespace.targets_of_type("kafka").values()]
         admin.delete_topics([*self.namespace.topics(), *internal, *outboxes])
@@ -102,6 +102,8 @@ class WorkerProcess:
     metrics_port: int | None = None
     role: str = "all"
     extra_args: tuple[str, ...] = ()
+    #: More settings, on top of the endpoints' (a secured cluster's credentials as files).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
@@ -114,6 +116,7 @@ class WorkerProcess:
             "WALSTREAM_KAFKA_BOOTSTRAP": self.ns.endpoints.kafka_bootstrap,
             "WALSTREAM_CASSANDRA_CONTACT": f"{self.ns.endpoints.cassandra_host}:{self.ns.endpoints.cassandra_port}",
             "WALSTREAM_ELASTICSEARCH_URL": self.ns.endpoints.elasticsearch_url,
+            **self.env,
         }
         self.starts += 1
         with self.log.open("ab") as out:

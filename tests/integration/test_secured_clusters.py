@@ -4,6 +4,8 @@ client without TLS. The test runs its own secured stack on free ports in a folde
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -24,12 +26,28 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import NoHostAvailable
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import SecretStr
 
+from connectors.access import check_access
 from connectors.cassandra.sink import new_cluster
-from connectors.endpoints import Endpoints
+from connectors.elasticsearch.client import new_client
+from connectors.endpoints import AccessRefused, Endpoints
 from connectors.local.stack import LocalStack
-from streams.config import Settings, StackMode, load_settings
-from tests.integration.pipeline import free_port
+from streams.client.grpc import WalClient, write_request
+from streams.client.sdk import SyncWalWriter
+from streams.config import KafkaSecurity, Settings, StackMode, load_settings
+from streams.model import Op
+from streams.ports import Durable
+from tests.integration.pipeline import (
+    REPO,
+    ScratchNamespace,
+    WorkerProcess,
+    cassandra_rows,
+    create_namespace,
+    es_docs,
+    free_port,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -233,6 +251,151 @@ def test_no_password_reaches_a_log(stack: LocalStack) -> None:
     for log in logs:
         text = log.read_text(errors="replace")
         assert not [p for p in passwords if p in text], log
+
+
+# -- walstream itself on the secured stack ---------------------------------------------------------------------
+
+
+def _run_env(stack: LocalStack, ns: ScratchNamespace) -> dict[str, str]:
+    """What a walstream process needs to use the secured stack: `walstream stack env`'s settings."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+        **stack.client_env(),
+        "WALSTREAM_NAMESPACE_DIR": str(ns.directory),
+    }
+
+
+def _serving(api: subprocess.Popen[str], lines: list[str]) -> int:
+    """Read the API's output until it says where it serves; the port."""
+    assert api.stdout is not None
+    for line in api.stdout:
+        lines.append(line)
+        if "walstream API serving on" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise AssertionError("the API exited before serving:\n" + "".join(lines))
+
+
+def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tmp_path: Path) -> None:
+    """The SDK and `walstream api` write, a worker applies to Cassandra and Elasticsearch, `walstream cdc tail`
+    reads the change events: all with TLS and passwords, and none of the passwords in any of their logs."""
+    endpoints = stack.endpoints()
+    security = endpoints.security
+    ns = create_namespace(endpoints, tmp_path / "ns")
+    env = _run_env(stack, ns)
+    session = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port, security=security.cassandra).connect()
+    es = new_client(endpoints.elasticsearch_url, security.elasticsearch, request_timeout=30)
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", env=env).start()
+    api_log: list[str] = []
+    api = subprocess.Popen(
+        [sys.executable, "-m", "streams", "api", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        writer = SyncWalWriter(endpoints.kafka, {ns.name: ns.namespace})
+        try:
+            sdk = [
+                writer.submit_entry(writer.prepare(ns.name, f"sdk-{i}", Op.UPSERT, {"color": "red", "qty": i}))
+                for i in range(50)
+            ]
+            assert all(f.result(60).ok for f in sdk)
+        finally:
+            writer.close()
+        port = _serving(api, api_log)
+        with WalClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+            for i in range(50):
+                request = write_request(ns.name, f"api-{i}", "UPSERT", {"color": "blue", "qty": i})
+                assert client.write_to_log(request).durable is Durable.TRUE
+        expected = {f"sdk-{i}": ("red", i) for i in range(50)} | {f"api-{i}": ("blue", i) for i in range(50)}
+        wait_until(
+            lambda: cassandra_rows(session, ns.keyspace) == expected, 120, "Cassandra to hold every entry", worker.tail
+        )
+        wait_until(lambda: es_docs(es, ns.index) == expected, 60, "Elasticsearch to hold every entry", worker.tail)
+        tail = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streams",
+                "cdc",
+                "tail",
+                ns.name,
+                "--from-beginning",
+                "--max",
+                "100",
+                "--timeout",
+                "60",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert tail.returncode == 0, tail.stderr
+        events = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert sorted(e["key"] for e in events) == sorted(expected), tail.stderr
+    finally:
+        api.terminate()
+        try:
+            rest, _ = api.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            rest, _ = api.communicate(timeout=30)
+        api_log.append(rest or "")
+        worker.stop()
+        ns.drop(session, es)
+        session.cluster.shutdown()
+        es.close()
+    passwords = [stack.secrets.password(p) for p in stack.secrets.dir.glob("*.password")]
+    for name, text in (
+        ("worker", worker.log.read_text(errors="replace")),
+        ("api", "".join(api_log)),
+        ("cdc tail", tail.stdout + tail.stderr),
+    ):
+        assert text.strip(), f"the {name} logged nothing: the grep below would prove nothing"
+        assert not [p for p in passwords if p in text], f"a password is in the {name}'s log"
+
+
+def _refusal(endpoints: Endpoints, service: str, **changes: Any) -> str:
+    with pytest.raises(AccessRefused) as refused:
+        check_access(dataclasses.replace(endpoints, **changes), [service], timeout=10)
+    return str(refused.value)
+
+
+def test_each_service_refuses_walstream_with_a_wrong_password_naming_the_setting(stack: LocalStack) -> None:
+    endpoints = stack.endpoints()
+    security = endpoints.security
+    wrong = SecretStr("not-the-password")
+    cases = {
+        "kafka": security.model_copy(update={"kafka": security.kafka.model_copy(update={"password": wrong})}),
+        "cassandra": security.model_copy(
+            update={"cassandra": security.cassandra.model_copy(update={"password": wrong})}
+        ),
+        "elasticsearch": security.model_copy(
+            update={"elasticsearch": security.elasticsearch.model_copy(update={"password": wrong})}
+        ),
+    }
+    for service, bad in cases.items():
+        message = _refusal(endpoints, service, security=bad)
+        assert f"WALSTREAM_{service.upper()}_PASSWORD" in message, message
+        assert "not-the-password" not in message
+
+
+def test_each_service_refuses_walstream_without_tls_naming_the_setting(stack: LocalStack) -> None:
+    endpoints = stack.endpoints()
+    security = endpoints.security
+    plaintext_kafka = security.model_copy(update={"kafka": KafkaSecurity()})
+    no_tls_cassandra = security.model_copy(
+        update={"cassandra": security.cassandra.model_copy(update={"tls": False, "ca_file": None})}
+    )
+    assert "WALSTREAM_KAFKA_SECURITY_PROTOCOL" in _refusal(endpoints, "kafka", security=plaintext_kafka)
+    assert "WALSTREAM_CASSANDRA_TLS" in _refusal(endpoints, "cassandra", security=no_tls_cassandra)
+    http = endpoints.elasticsearch_url.replace("https://", "http://")
+    assert "WALSTREAM_ELASTICSEARCH_URL" in _refusal(endpoints, "elasticsearch", elasticsearch_url=http)
 
 
 # -- The command line ------------------------------------------------------------------------------------------
