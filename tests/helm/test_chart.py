@@ -368,6 +368,19 @@ def test_every_walstream_container_is_configured_by_environment(case: str) -> No
 
 
 @all_cases
+def test_servers_listen_on_the_pod_ip(case: str) -> None:
+    """walstream binds loopback unless told; probes, Prometheus and the API's Service reach the pod IP."""
+    for name, pod in pod_templates(render(case)):
+        (container,) = pod["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["WALSTREAM_METRICS_HOST"] == "0.0.0.0", name
+        if name == f"Deployment/{fullname('api')}":
+            assert env["WALSTREAM_API_HOST"] == "0.0.0.0"
+        else:
+            assert "WALSTREAM_API_HOST" not in env, name
+
+
+@all_cases
 def test_api_service_autoscaling_and_commands(case: str) -> None:
     docs = render(case)
     values = values_of(case)

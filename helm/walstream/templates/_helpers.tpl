@@ -114,6 +114,9 @@ a worker group lists must exist. Renders a map of file name -> YAML text.
   value: /etc/walstream/namespaces
 - name: WALSTREAM_DATA_DIR
   value: /var/lib/walstream
+{{- /* walstream binds loopback unless told; probes and Prometheus reach the pod IP. */}}
+- name: WALSTREAM_METRICS_HOST
+  value: "0.0.0.0"
 {{- with .Values.replicationFactor }}
 - name: WALSTREAM_REPLICATION_FACTOR
   value: {{ . | quote }}
@@ -125,8 +128,9 @@ a worker group lists must exist. Renders a map of file name -> YAML text.
 
 {{/*
 The pod-level fields every walstream pod shares (service account, security context, volumes of scratch space and
-namespaces). Call with (dict "root" $); add "auth" true to mount the tokens Secret, "configMap" and
-"serviceAccount" to use other ones than the release's (the pre-install hook does).
+namespaces). Call with (dict "root" $ "role" R), R one of api, worker, retry, namespaces-apply: the API pod mounts
+the tokens Secret. Add "configMap" and "serviceAccount" to use other ones than the release's (the pre-install hook
+does).
 */}}
 {{- define "walstream.podCommon" -}}
 {{- $root := .root -}}
@@ -148,7 +152,7 @@ volumes:
   - name: namespaces
     configMap:
       name: {{ .configMap | default (include "walstream.namespacesConfigMap" $root) }}
-  {{- if and .auth $root.Values.auth.existingSecret }}
+  {{- if and (eq .role "api") $root.Values.auth.existingSecret }}
   - name: auth
     secret:
       secretName: {{ $root.Values.auth.existingSecret }}
@@ -158,7 +162,8 @@ volumes:
   {{- end }}
 {{- end }}
 
-{{/* The container fields every walstream container shares: image, security context, env and mounts. */}}
+{{/* The container fields every walstream container shares: image, security context, env and mounts. Call with
+(dict "root" $ "role" R), R as for walstream.podCommon. */}}
 {{- define "walstream.containerCommon" -}}
 {{- $root := .root -}}
 image: {{ include "walstream.image" $root }}
@@ -168,7 +173,11 @@ securityContext:
   {{- toYaml $root.Values.securityContext | nindent 2 }}
 env:
   {{- include "walstream.env" $root | nindent 2 }}
-  {{- if and .auth $root.Values.auth.existingSecret }}
+  {{- if eq .role "api" }}
+  - name: WALSTREAM_API_HOST
+    value: "0.0.0.0"
+  {{- end }}
+  {{- if and (eq .role "api") $root.Values.auth.existingSecret }}
   - name: WALSTREAM_API_TOKENS_FILE
     value: /etc/walstream/auth/tokens.yaml
   {{- end }}
@@ -184,7 +193,7 @@ volumeMounts:
   - name: namespaces
     mountPath: /etc/walstream/namespaces
     readOnly: true
-  {{- if and .auth $root.Values.auth.existingSecret }}
+  {{- if and (eq .role "api") $root.Values.auth.existingSecret }}
   - name: auth
     mountPath: /etc/walstream/auth
     readOnly: true
