@@ -160,6 +160,9 @@ volumes:
         - key: {{ $root.Values.auth.key }}
           path: tokens.yaml
   {{- end }}
+  {{- with include "walstream.securityVolumes" . | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/* The container fields every walstream container shares: image, security context, env and mounts. Call with
@@ -181,6 +184,9 @@ env:
   - name: WALSTREAM_API_TOKENS_FILE
     value: /etc/walstream/auth/tokens.yaml
   {{- end }}
+  {{- with include "walstream.securityEnv" . | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- with $root.Values.extraEnvFrom }}
 envFrom:
   {{- toYaml . | nindent 2 }}
@@ -197,6 +203,9 @@ volumeMounts:
   - name: auth
     mountPath: /etc/walstream/auth
     readOnly: true
+  {{- end }}
+  {{- with include "walstream.securityMounts" . | trim }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 
@@ -234,4 +243,131 @@ checksum/namespaces: {{ include "walstream.namespaceFiles" . | sha256sum }}
 {{- $_ := set $keda $key $value }}
 {{- end }}
 {{- toYaml $keda }}
+{{- end }}
+
+{{/*
+Client security (values `security`). Which clusters a pod talks to, by its role: the API and the retry worker use
+Kafka alone (`walstream api`, `walstream worker --retry`); the fan-out workers and `namespaces apply` also reach
+Cassandra and Elasticsearch. A pod gets the settings and Secrets of those services only.
+*/}}
+{{- define "walstream.services" -}}
+{{- if has .role (list "worker" "namespaces-apply") }}kafka cassandra elasticsearch{{ else }}kafka{{ end }}
+{{- end }}
+
+{{/* One service's settings under `security` (an empty map when unset): walstream.securityOf (dict "root" $ "service" "kafka"). */}}
+{{- define "walstream.securityOf" -}}
+{{- get (.root.Values.security | default dict) .service | default dict | toYaml }}
+{{- end }}
+
+{{/*
+The Secret keys one service mounts as files, each {env, secret, key, file}: the Secret's key `key` becomes
+/etc/walstream/secrets/<service>/<file>, and the variable `env` names that path.
+*/}}
+{{- define "walstream.secretFiles" -}}
+{{- $security := include "walstream.securityOf" . | fromYaml }}
+{{- $prefix := printf "WALSTREAM_%s_" (upper .service) }}
+{{- $files := list }}
+{{- with $security.passwordSecret }}
+{{- $files = append $files (dict "env" (print $prefix "PASSWORD_FILE") "secret" .name "key" .key "file" "password") }}
+{{- end }}
+{{- with $security.apiKeySecret }}
+{{- $files = append $files (dict "env" (print $prefix "API_KEY_FILE") "secret" .name "key" .key "file" "api-key") }}
+{{- end }}
+{{- with $security.caSecret }}
+{{- $files = append $files (dict "env" (print $prefix "CA_FILE") "secret" .name "key" .key "file" "ca.crt") }}
+{{- end }}
+{{- with $security.clientCertSecret }}
+{{- $files = append $files (dict "env" (print $prefix "CERT_FILE") "secret" .name "key" .certKey "file" "tls.crt") }}
+{{- $files = append $files (dict "env" (print $prefix "KEY_FILE") "secret" .name "key" .keyKey "file" "tls.key") }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/* The security settings of the services a role talks to: plain settings as values, secrets as *_FILE paths. */}}
+{{- define "walstream.securityEnv" -}}
+{{- $root := .root }}
+{{- range $service := include "walstream.services" . | splitList " " }}
+{{- $security := include "walstream.securityOf" (dict "root" $root "service" $service) | fromYaml }}
+{{- if eq $service "kafka" }}
+{{- $protocol := $security.protocol | default "PLAINTEXT" }}
+{{- if ne $protocol "PLAINTEXT" }}
+- name: WALSTREAM_KAFKA_SECURITY_PROTOCOL
+  value: {{ $protocol | quote }}
+{{- end }}
+{{- if eq $protocol "SASL_SSL" }}
+- name: WALSTREAM_KAFKA_SASL_MECHANISM
+  value: {{ $security.saslMechanism | default "SCRAM-SHA-512" | quote }}
+- name: WALSTREAM_KAFKA_USERNAME
+  value: {{ $security.username | quote }}
+{{- end }}
+{{- else if eq $service "cassandra" }}
+{{- with $security.username }}
+- name: WALSTREAM_CASSANDRA_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $security.tls }}
+- name: WALSTREAM_CASSANDRA_TLS
+  value: "true"
+- name: WALSTREAM_CASSANDRA_VERIFY_HOSTNAME
+  value: {{ ternary $security.verifyHostname true (kindIs "bool" $security.verifyHostname) | toString | quote }}
+{{- end }}
+{{- else if eq $service "elasticsearch" }}
+{{- with $security.username }}
+- name: WALSTREAM_ELASTICSEARCH_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with $security.fingerprint }}
+- name: WALSTREAM_ELASTICSEARCH_FINGERPRINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- range include "walstream.secretFiles" (dict "root" $root "service" $service) | fromYamlArray }}
+- name: {{ .env }}
+  value: {{ printf "/etc/walstream/secrets/%s/%s" $service .file | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+One read-only projected volume per service with Secrets, holding every Secret key that service needs (one source
+per Secret).
+*/}}
+{{- define "walstream.securityVolumes" -}}
+{{- $root := .root }}
+{{- range $service := include "walstream.services" . | splitList " " }}
+{{- with include "walstream.secretFiles" (dict "root" $root "service" $service) | fromYamlArray }}
+{{- $secrets := list }}
+{{- range . }}
+{{- $secrets = append $secrets .secret }}
+{{- end }}
+- name: {{ $service }}-secrets
+  projected:
+    # 0440: the owner (root) and the pod's fsGroup read; nobody writes.
+    defaultMode: 288
+    sources:
+      {{- $files := . }}
+      {{- range $secret := $secrets | uniq }}
+      - secret:
+          name: {{ $secret }}
+          items:
+            {{- range $files }}
+            {{- if eq .secret $secret }}
+            - key: {{ .key | quote }}
+              path: {{ .file }}
+            {{- end }}
+            {{- end }}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "walstream.securityMounts" -}}
+{{- $root := .root }}
+{{- range $service := include "walstream.services" . | splitList " " }}
+{{- if include "walstream.secretFiles" (dict "root" $root "service" $service) | fromYamlArray }}
+- name: {{ $service }}-secrets
+  mountPath: /etc/walstream/secrets/{{ $service }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end }}
