@@ -686,6 +686,88 @@ def test_values_schema_rejects_bad_values(name: str, tmp_path: Path) -> None:
         assert "schema" in output and message in output, output
 
 
+KAFKA_SASL = "security:\n  kafka:\n    protocol: SASL_SSL\n"
+HTTPS_ES = "endpoints:\n  elasticsearchUrl: https://elasticsearch:9200\n"
+A_SECRET = "{name: walstream-creds, key: password}"
+A_CA = "{name: data-ca, key: ca.crt}"
+A_FINGERPRINT = ":".join(["AB"] * 32)
+
+# Combinations the schema cannot refuse, which walstream would refuse at start: the chart refuses them first.
+BAD_SECURITY = {
+    "SASL_SSL without a username": (
+        KAFKA_SASL + f"    passwordSecret: {A_SECRET}\n",
+        "security.kafka.username: protocol SASL_SSL needs a username",
+    ),
+    "SASL_SSL without a password": (
+        KAFKA_SASL + "    username: walstream\n",
+        "security.kafka.passwordSecret: protocol SASL_SSL needs the password from a Secret",
+    ),
+    "Kafka credentials without SASL_SSL": (
+        f"security:\n  kafka:\n    protocol: SSL\n    username: walstream\n    passwordSecret: {A_SECRET}\n",
+        "security.kafka.passwordSecret: SASL credentials need protocol SASL_SSL (it is SSL)",
+    ),
+    "a Kafka CA without TLS": (
+        f"security:\n  kafka:\n    caSecret: {A_CA}\n",
+        "security.kafka.caSecret and security.kafka.clientCertSecret: TLS files need protocol SSL or SASL_SSL",
+    ),
+    "a Cassandra username without a password": (
+        "security:\n  cassandra:\n    username: walstream\n",
+        "security.cassandra.passwordSecret: security.cassandra.username needs the password from a Secret",
+    ),
+    "a Cassandra password without a username": (
+        f"security:\n  cassandra:\n    passwordSecret: {A_SECRET}\n",
+        "security.cassandra.username: security.cassandra.passwordSecret needs the username it belongs to",
+    ),
+    "a Cassandra CA without TLS": (
+        f"security:\n  cassandra:\n    caSecret: {A_CA}\n",
+        "security.cassandra.caSecret and security.cassandra.clientCertSecret: TLS files need security.cassandra.tls",
+    ),
+    "an Elasticsearch username and an API key": (
+        f"security:\n  elasticsearch:\n    username: walstream\n    passwordSecret: {A_SECRET}\n"
+        f"    apiKeySecret: {A_SECRET}\n",
+        "security.elasticsearch.username and security.elasticsearch.apiKeySecret are alternatives: set one",
+    ),
+    "an Elasticsearch username without a password": (
+        "security:\n  elasticsearch:\n    username: walstream\n",
+        "security.elasticsearch.passwordSecret: security.elasticsearch.username needs the password from a Secret",
+    ),
+    "an Elasticsearch CA and a fingerprint": (
+        HTTPS_ES + f"security:\n  elasticsearch:\n    caSecret: {A_CA}\n    fingerprint: {A_FINGERPRINT}\n",
+        "security.elasticsearch.caSecret and security.elasticsearch.fingerprint are alternatives: set one",
+    ),
+    "an Elasticsearch CA over http": (
+        f"security:\n  elasticsearch:\n    caSecret: {A_CA}\n",
+        'endpoints.elasticsearchUrl "http://elasticsearch:9200" is not https://',
+    ),
+    "Secrets without an fsGroup to read them": (
+        f"podSecurityContext:\n  fsGroup: null\nsecurity:\n  elasticsearch:\n    apiKeySecret: {A_SECRET}\n",
+        "podSecurityContext.fsGroup: the security Secrets are mounted readable by the pod's fsGroup",
+    ),
+    "a password as a plain variable": (
+        "extraEnv:\n  - name: WALSTREAM_KAFKA_PASSWORD\n    value: hunter2\n",
+        "extraEnv: WALSTREAM_KAFKA_PASSWORD is set by the chart from security.kafka.passwordSecret",
+    ),
+    "a password file beside the chart's": (
+        "extraEnv:\n  - name: WALSTREAM_ELASTICSEARCH_API_KEY_FILE\n    value: /mnt/es/api-key\n",
+        "extraEnv: WALSTREAM_ELASTICSEARCH_API_KEY_FILE is set by the chart from security.elasticsearch.apiKeySecret",
+    ),
+    "a bind host of its own": (
+        "extraEnv:\n  - name: WALSTREAM_METRICS_HOST\n    value: 127.0.0.1\n",
+        "extraEnv: the chart sets WALSTREAM_METRICS_HOST to 0.0.0.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SECURITY))
+def test_security_settings_that_cannot_work_are_refused(name: str, tmp_path: Path) -> None:
+    text, message = BAD_SECURITY[name]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = helm("template", RELEASE, CHART, "-f", bad)
+    assert result.returncode != 0, f"helm template accepted {name!r}:\n{text}"
+    assert message in result.stderr, result.stderr
+
+
 def test_a_group_naming_an_undefined_namespace_is_rejected(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

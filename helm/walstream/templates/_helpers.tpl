@@ -283,8 +283,95 @@ The Secret keys one service mounts as files, each {env, secret, key, file}: the 
 {{- toYaml $files }}
 {{- end }}
 
+{{/*
+What the schema cannot say about `security`: the settings that only work together, as walstream itself insists
+(streams/config.py), named by their values so the message says what to fix.
+*/}}
+{{- define "walstream.checkSecurity" -}}
+{{- $kafka := include "walstream.securityOf" (dict "root" . "service" "kafka") | fromYaml }}
+{{- $protocol := $kafka.protocol | default "PLAINTEXT" }}
+{{- if eq $protocol "SASL_SSL" }}
+{{- if not $kafka.username }}
+{{- fail "security.kafka.username: protocol SASL_SSL needs a username (and security.kafka.passwordSecret)" }}
+{{- end }}
+{{- if not $kafka.passwordSecret }}
+{{- fail "security.kafka.passwordSecret: protocol SASL_SSL needs the password from a Secret ({name, key})" }}
+{{- end }}
+{{- else if or $kafka.username $kafka.passwordSecret }}
+{{- fail (printf "security.kafka.username and security.kafka.passwordSecret: SASL credentials need protocol SASL_SSL (it is %s)" $protocol) }}
+{{- end }}
+{{- if and (eq $protocol "PLAINTEXT") (or $kafka.caSecret $kafka.clientCertSecret) }}
+{{- fail "security.kafka.caSecret and security.kafka.clientCertSecret: TLS files need protocol SSL or SASL_SSL (it is PLAINTEXT)" }}
+{{- end }}
+{{- $cassandra := include "walstream.securityOf" (dict "root" . "service" "cassandra") | fromYaml }}
+{{- if and $cassandra.username (not $cassandra.passwordSecret) }}
+{{- fail "security.cassandra.passwordSecret: security.cassandra.username needs the password from a Secret ({name, key})" }}
+{{- end }}
+{{- if and $cassandra.passwordSecret (not $cassandra.username) }}
+{{- fail "security.cassandra.username: security.cassandra.passwordSecret needs the username it belongs to" }}
+{{- end }}
+{{- if and (not $cassandra.tls) (or $cassandra.caSecret $cassandra.clientCertSecret) }}
+{{- fail "security.cassandra.caSecret and security.cassandra.clientCertSecret: TLS files need security.cassandra.tls: true" }}
+{{- end }}
+{{- $elasticsearch := include "walstream.securityOf" (dict "root" . "service" "elasticsearch") | fromYaml }}
+{{- if and $elasticsearch.username $elasticsearch.apiKeySecret }}
+{{- fail "security.elasticsearch.username and security.elasticsearch.apiKeySecret are alternatives: set one" }}
+{{- end }}
+{{- if and $elasticsearch.username (not $elasticsearch.passwordSecret) }}
+{{- fail "security.elasticsearch.passwordSecret: security.elasticsearch.username needs the password from a Secret ({name, key})" }}
+{{- end }}
+{{- if and $elasticsearch.passwordSecret (not $elasticsearch.username) }}
+{{- fail "security.elasticsearch.username: security.elasticsearch.passwordSecret needs the username it belongs to" }}
+{{- end }}
+{{- if and $elasticsearch.caSecret $elasticsearch.fingerprint }}
+{{- fail "security.elasticsearch.caSecret and security.elasticsearch.fingerprint are alternatives: set one" }}
+{{- end }}
+{{- if and (or $elasticsearch.caSecret $elasticsearch.fingerprint) (not (hasPrefix "https://" .Values.endpoints.elasticsearchUrl)) }}
+{{- fail (printf "security.elasticsearch.caSecret and security.elasticsearch.fingerprint: TLS follows the URL, and endpoints.elasticsearchUrl %q is not https://" .Values.endpoints.elasticsearchUrl) }}
+{{- end }}
+{{- $owned := dict
+  "WALSTREAM_KAFKA_SECURITY_PROTOCOL" "security.kafka.protocol"
+  "WALSTREAM_KAFKA_SASL_MECHANISM" "security.kafka.saslMechanism"
+  "WALSTREAM_KAFKA_USERNAME" "security.kafka.username"
+  "WALSTREAM_KAFKA_PASSWORD" "security.kafka.passwordSecret"
+  "WALSTREAM_KAFKA_CA_FILE" "security.kafka.caSecret"
+  "WALSTREAM_KAFKA_CERT_FILE" "security.kafka.clientCertSecret"
+  "WALSTREAM_KAFKA_KEY_FILE" "security.kafka.clientCertSecret"
+  "WALSTREAM_CASSANDRA_USERNAME" "security.cassandra.username"
+  "WALSTREAM_CASSANDRA_PASSWORD" "security.cassandra.passwordSecret"
+  "WALSTREAM_CASSANDRA_TLS" "security.cassandra.tls"
+  "WALSTREAM_CASSANDRA_CA_FILE" "security.cassandra.caSecret"
+  "WALSTREAM_CASSANDRA_VERIFY_HOSTNAME" "security.cassandra.verifyHostname"
+  "WALSTREAM_CASSANDRA_CERT_FILE" "security.cassandra.clientCertSecret"
+  "WALSTREAM_CASSANDRA_KEY_FILE" "security.cassandra.clientCertSecret"
+  "WALSTREAM_ELASTICSEARCH_USERNAME" "security.elasticsearch.username"
+  "WALSTREAM_ELASTICSEARCH_PASSWORD" "security.elasticsearch.passwordSecret"
+  "WALSTREAM_ELASTICSEARCH_API_KEY" "security.elasticsearch.apiKeySecret"
+  "WALSTREAM_ELASTICSEARCH_CA_FILE" "security.elasticsearch.caSecret"
+  "WALSTREAM_ELASTICSEARCH_FINGERPRINT" "security.elasticsearch.fingerprint"
+}}
+{{- range .Values.extraEnv }}
+{{- $name := toString .name }}
+{{- $setting := get $owned (trimSuffix "_FILE" $name) | default (get $owned $name) }}
+{{- if $setting }}
+{{- fail (printf "extraEnv: %s is set by the chart from %s (secrets only as files from a Secret): use that instead" $name $setting) }}
+{{- end }}
+{{- if has $name (list "WALSTREAM_API_HOST" "WALSTREAM_METRICS_HOST") }}
+{{- fail (printf "extraEnv: the chart sets %s to 0.0.0.0, so that probes, Prometheus and Services reach the pod" $name) }}
+{{- end }}
+{{- end }}
+{{- $files := 0 }}
+{{- range $service := list "kafka" "cassandra" "elasticsearch" }}
+{{- $files = add $files (len (include "walstream.secretFiles" (dict "root" $ "service" $service) | fromYamlArray)) }}
+{{- end }}
+{{- if and $files (not (.Values.podSecurityContext | default dict).fsGroup) }}
+{{- fail "podSecurityContext.fsGroup: the security Secrets are mounted readable by the pod's fsGroup (mode 0440); set it" }}
+{{- end }}
+{{- end }}
+
 {{/* The security settings of the services a role talks to: plain settings as values, secrets as *_FILE paths. */}}
 {{- define "walstream.securityEnv" -}}
+{{- include "walstream.checkSecurity" .root }}
 {{- $root := .root }}
 {{- range $service := include "walstream.services" . | splitList " " }}
 {{- $security := include "walstream.securityOf" (dict "root" $root "service" $service) | fromYaml }}
