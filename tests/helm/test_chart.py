@@ -365,6 +365,7 @@ def test_every_walstream_container_is_configured_by_environment(case: str) -> No
         if is_api and secret:
             assert env["WALSTREAM_API_TOKENS_FILE"] == "/etc/walstream/auth/tokens.yaml"
             assert volumes[mounts["/etc/walstream/auth"]]["secret"]["secretName"] == secret
+            assert volumes[mounts["/etc/walstream/auth"]]["secret"]["defaultMode"] == 0o440
         else:
             assert "WALSTREAM_API_TOKENS_FILE" not in env, name
     assert case != "production" or values["auth"]["existingSecret"]
@@ -741,7 +742,11 @@ BAD_SECURITY = {
     ),
     "Secrets without an fsGroup to read them": (
         f"podSecurityContext:\n  fsGroup: null\nsecurity:\n  elasticsearch:\n    apiKeySecret: {A_SECRET}\n",
-        "podSecurityContext.fsGroup: the security Secrets are mounted readable by the pod's fsGroup",
+        "podSecurityContext.fsGroup: the security and auth Secrets are mounted readable by the pod's fsGroup",
+    ),
+    "a tokens Secret without an fsGroup to read it": (
+        "podSecurityContext:\n  fsGroup: null\nauth:\n  existingSecret: walstream-api-tokens\n",
+        "podSecurityContext.fsGroup: the security and auth Secrets are mounted readable by the pod's fsGroup",
     ),
     "a password as a plain variable": (
         "extraEnv:\n  - name: WALSTREAM_KAFKA_PASSWORD\n    value: hunter2\n",

@@ -156,6 +156,8 @@ volumes:
   - name: auth
     secret:
       secretName: {{ $root.Values.auth.existingSecret }}
+      # 0440, like the cluster credentials: the owner (root) and the pod's fsGroup read.
+      defaultMode: 288
       items:
         - key: {{ $root.Values.auth.key }}
           path: tokens.yaml
@@ -364,8 +366,8 @@ What the schema cannot say about `security`: the settings that only work togethe
 {{- range $service := list "kafka" "cassandra" "elasticsearch" }}
 {{- $files = add $files (len (include "walstream.secretFiles" (dict "root" $ "service" $service) | fromYamlArray)) }}
 {{- end }}
-{{- if and $files (not (.Values.podSecurityContext | default dict).fsGroup) }}
-{{- fail "podSecurityContext.fsGroup: the security Secrets are mounted readable by the pod's fsGroup (mode 0440); set it" }}
+{{- if and (or $files .Values.auth.existingSecret) (not (.Values.podSecurityContext | default dict).fsGroup) }}
+{{- fail "podSecurityContext.fsGroup: the security and auth Secrets are mounted readable by the pod's fsGroup (mode 0440); set it" }}
 {{- end }}
 {{- end }}
 
