@@ -341,6 +341,20 @@ def test_namespaces_are_valid_walstream_namespaces(case: str) -> None:
 
 
 @all_cases
+def test_namespaces_say_who_the_api_admits(case: str) -> None:
+    """An empty or missing authorization list admits nobody through the API, so every namespace says both."""
+    values = values_of(case)
+    for name, document in values["namespaces"].items():
+        authorization = document.get("authorization")
+        assert isinstance(authorization, dict), f"{case}: namespaces.{name} has no authorization"
+        assert {"producers", "deleters"} <= set(authorization), f"{case}: namespaces.{name}.authorization"
+        assert authorization["producers"] or authorization["deleters"], f"{case}: namespaces.{name} admits nobody"
+        identities = {identity for grant in authorization.values() for identity in grant} - {"*"}
+        # Identities come from the tokens file. The defaults leave its Secret to the installer (NOTES says so).
+        assert not identities or values["auth"]["existingSecret"] or case == "defaults", f"{case}: no tokens file"
+
+
+@all_cases
 def test_every_walstream_container_is_configured_by_environment(case: str) -> None:
     docs = render(case)
     values = values_of(case)
