@@ -7,6 +7,7 @@ A missing tool fails these tests; it never skips them.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -32,11 +33,13 @@ KUBE_VERSIONS = ("1.25", "1.37")
 # Custom resources: their schemas are not among Kubernetes' own, so only these are left to the checks below.
 CRD_KINDS = frozenset({"ScaledObject", "ServiceMonitor"})
 
-# Values files the chart must render cleanly: None is the chart's defaults.
+# Values files the chart must render cleanly: None is the chart's defaults. Besides the examples, test-only files
+# cover what the examples leave out.
 CASES: dict[str, Path | None] = {
     "defaults": None,
     "small": EXAMPLES / "small.yaml",
     "production": EXAMPLES / "production.yaml",
+    "mtls": REPO / "tests" / "helm" / "values" / "mtls.yaml",
 }
 
 Manifest = dict[str, Any]
@@ -141,7 +144,7 @@ def test_a_missing_tool_fails_with_the_install_command(tmp_path: Path) -> None:
 
 
 def test_every_example_values_file_is_tested() -> None:
-    assert set(EXAMPLES.glob("*.yaml")) == {path for path in CASES.values() if path is not None}
+    assert set(EXAMPLES.glob("*.yaml")) <= {path for path in CASES.values() if path is not None}
 
 
 # -- lint and Kubernetes schemas ---------------------------------------------------------------------------------------
@@ -285,7 +288,7 @@ def test_worker_groups_of_the_examples() -> None:
     counts = {
         case: len([doc for doc in of_kind(render(case), "Deployment") if component(doc) == "worker"]) for case in CASES
     }
-    assert counts == {"defaults": 1, "small": 1, "production": 2}
+    assert counts == {"defaults": 1, "small": 1, "production": 2, "mtls": 1}
 
 
 @all_cases
@@ -338,6 +341,20 @@ def test_namespaces_are_valid_walstream_namespaces(case: str) -> None:
 
 
 @all_cases
+def test_namespaces_say_who_the_api_admits(case: str) -> None:
+    """An empty or missing authorization list admits nobody through the API, so every namespace says both."""
+    values = values_of(case)
+    for name, document in values["namespaces"].items():
+        authorization = document.get("authorization")
+        assert isinstance(authorization, dict), f"{case}: namespaces.{name} has no authorization"
+        assert {"producers", "deleters"} <= set(authorization), f"{case}: namespaces.{name}.authorization"
+        assert authorization["producers"] or authorization["deleters"], f"{case}: namespaces.{name} admits nobody"
+        identities = {identity for grant in authorization.values() for identity in grant} - {"*"}
+        # Identities come from the tokens file. The defaults leave its Secret to the installer (NOTES says so).
+        assert not identities or values["auth"]["existingSecret"] or case == "defaults", f"{case}: no tokens file"
+
+
+@all_cases
 def test_every_walstream_container_is_configured_by_environment(case: str) -> None:
     docs = render(case)
     values = values_of(case)
@@ -362,9 +379,213 @@ def test_every_walstream_container_is_configured_by_environment(case: str) -> No
         if is_api and secret:
             assert env["WALSTREAM_API_TOKENS_FILE"] == "/etc/walstream/auth/tokens.yaml"
             assert volumes[mounts["/etc/walstream/auth"]]["secret"]["secretName"] == secret
+            assert volumes[mounts["/etc/walstream/auth"]]["secret"]["defaultMode"] == 0o440
         else:
             assert "WALSTREAM_API_TOKENS_FILE" not in env, name
     assert case != "production" or values["auth"]["existingSecret"]
+
+
+@all_cases
+def test_servers_listen_on_the_pod_ip(case: str) -> None:
+    """walstream binds loopback unless told; probes, Prometheus and the API's Service reach the pod IP."""
+    for name, pod in pod_templates(render(case)):
+        (container,) = pod["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["WALSTREAM_METRICS_HOST"] == "0.0.0.0", name
+        if name == f"Deployment/{fullname('api')}":
+            assert env["WALSTREAM_API_HOST"] == "0.0.0.0"
+        else:
+            assert "WALSTREAM_API_HOST" not in env, name
+
+
+# -- client security ---------------------------------------------------------------------------------------------------
+
+SERVICES = ("kafka", "cassandra", "elasticsearch")
+# The clusters each kind of pod talks to: the API and the retry worker use Kafka alone.
+ROLE_SERVICES = {
+    "api": {"kafka"},
+    "retry": {"kafka"},
+    "worker": set(SERVICES),
+    "namespaces-apply": set(SERVICES),
+}
+SECRETS_DIR = "/etc/walstream/secrets"
+# Secrets walstream reads as values; the chart may only ever point at them as files (<name>_FILE).
+SECRET_VARIABLES = {
+    "WALSTREAM_KAFKA_PASSWORD",
+    "WALSTREAM_CASSANDRA_PASSWORD",
+    "WALSTREAM_ELASTICSEARCH_PASSWORD",
+    "WALSTREAM_ELASTICSEARCH_API_KEY",
+}
+
+
+def secret_files(security: dict[str, Any], service: str) -> dict[str, tuple[str, str, str]]:
+    """What a service's values ask to mount: variable -> (Secret name, key, path of the file)."""
+    values = security.get(service) or {}
+    prefix = f"WALSTREAM_{service.upper()}_"
+    refs = {
+        "PASSWORD_FILE": ("passwordSecret", "key", "password"),
+        "API_KEY_FILE": ("apiKeySecret", "key", "api-key"),
+        "CA_FILE": ("caSecret", "key", "ca.crt"),
+        "CERT_FILE": ("clientCertSecret", "certKey", "tls.crt"),
+        "KEY_FILE": ("clientCertSecret", "keyKey", "tls.key"),
+    }
+    files = {}
+    for variable, (value, key, file) in refs.items():
+        if ref := values.get(value):
+            files[prefix + variable] = (ref["name"], ref[key], f"{SECRETS_DIR}/{service}/{file}")
+    return files
+
+
+def walstream_pods(docs: tuple[Manifest, ...]) -> Iterator[tuple[str, str, Manifest, Manifest]]:
+    """(name, role, pod spec, its one container) of every walstream workload."""
+    for name, pod in pod_templates(docs):
+        (doc,) = [d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name]
+        role = component(doc)
+        assert role in ROLE_SERVICES, name
+        (container,) = pod["containers"]
+        yield name, role, pod, container
+
+
+def test_the_security_cases_cover_every_setting() -> None:
+    """Between them, the cases set every security value, so the tests below check each one somewhere."""
+    seen: dict[str, set[str]] = {service: set() for service in SERVICES}
+    for case in CASES:
+        for service, settings in values_of(case)["security"].items():
+            seen[service] |= {key for key, value in settings.items() if value not in (None, "", False)}
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["security"]["properties"]
+    assert seen == {service: set(schema[service]["properties"]) for service in SERVICES}
+
+
+@all_cases
+def test_cluster_secrets_are_mounted_as_files_where_they_are_used(case: str) -> None:
+    security = values_of(case)["security"]
+    for name, role, pod, container in walstream_pods(render(case)):
+        env = {item["name"]: item for item in container["env"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+        for service in SERVICES:
+            where = f"{name} ({service})"
+            files = secret_files(security, service) if service in ROLE_SERVICES[role] else {}
+            directory = f"{SECRETS_DIR}/{service}"
+            if not files:
+                assert f"{service}-secrets" not in volumes, where
+                assert directory not in mounts, where
+                assert not [
+                    var for var in env if var.startswith(f"WALSTREAM_{service.upper()}_") and var.endswith("_FILE")
+                ]
+                continue
+            mount = mounts[directory]
+            assert mount["readOnly"] is True, where
+            projected = volumes[mount["name"]]["projected"]
+            assert projected["defaultMode"] == 0o440, where
+            mounted = {
+                (source["secret"]["name"], item["key"]): f"{directory}/{item['path']}"
+                for source in projected["sources"]
+                for item in source["secret"]["items"]
+            }
+            assert mounted == {(secret, key): path for secret, key, path in files.values()}, where
+            for variable, (_, _, path) in files.items():
+                assert env[variable] == {"name": variable, "value": path}, where
+        assert not SECRET_VARIABLES & set(env), f"{name}: a secret as a plain variable"
+        assert not [item for item in env.values() if "valueFrom" in item], f"{name}: a secret in the environment"
+
+
+@all_cases
+def test_security_settings_reach_the_pods_that_talk_to_each_cluster(case: str) -> None:
+    security = values_of(case)["security"]
+    kafka, cassandra, elasticsearch = (security[service] for service in SERVICES)
+    expected = {
+        "kafka": {
+            "WALSTREAM_KAFKA_SECURITY_PROTOCOL": None if kafka["protocol"] == "PLAINTEXT" else kafka["protocol"],
+            "WALSTREAM_KAFKA_SASL_MECHANISM": kafka["saslMechanism"] if kafka["protocol"] == "SASL_SSL" else None,
+            "WALSTREAM_KAFKA_USERNAME": kafka["username"] or None,
+        },
+        "cassandra": {
+            "WALSTREAM_CASSANDRA_USERNAME": cassandra["username"] or None,
+            "WALSTREAM_CASSANDRA_TLS": "true" if cassandra["tls"] else None,
+            "WALSTREAM_CASSANDRA_VERIFY_HOSTNAME": str(cassandra["verifyHostname"]).lower()
+            if cassandra["tls"]
+            else None,
+        },
+        "elasticsearch": {
+            "WALSTREAM_ELASTICSEARCH_USERNAME": elasticsearch["username"] or None,
+            "WALSTREAM_ELASTICSEARCH_FINGERPRINT": elasticsearch["fingerprint"] or None,
+        },
+    }
+    for name, role, _, container in walstream_pods(render(case)):
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        for service, settings in expected.items():
+            for variable, value in settings.items():
+                assert env.get(variable) == (value if service in ROLE_SERVICES[role] else None), f"{name}: {variable}"
+
+
+@all_cases
+def test_walstream_accepts_the_environment_of_every_container(case: str, tmp_path: Path) -> None:
+    """Each container's environment loads with walstream's own settings: no unknown variable, no setting without
+    its partner. Secret files are stood in for by local ones."""
+    from streams.config import CassandraSecurity, ElasticsearchSecurity, StackMode, load_settings
+
+    for name, role, _, container in walstream_pods(render(case)):
+        env = {item["name"]: item["value"] for item in container["env"]}
+        for variable, path in env.items():
+            if variable.removesuffix("_FILE") in SECRET_VARIABLES:
+                local = tmp_path / path.lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(f"secret of {variable}\n")
+                env[variable] = str(local)
+        settings = load_settings(env, uid=10001)
+        assert settings.mode is StackMode.EXTERNAL, name
+        assert settings.runtime.metrics_host == "0.0.0.0", name
+        assert settings.kafka.protocol == values_of(case)["security"]["kafka"]["protocol"], name
+        for service, unset in {"cassandra": CassandraSecurity(), "elasticsearch": ElasticsearchSecurity()}.items():
+            if service not in ROLE_SERVICES[role]:
+                assert getattr(settings, service) == unset, f"{name}: {service} settings in a pod that does not use it"
+        for variable in SECRET_VARIABLES & {key.removesuffix("_FILE") for key in env}:
+            service, field = variable.removeprefix("WALSTREAM_").lower().split("_", 1)
+            secret = getattr(getattr(settings, service), field)
+            assert secret.get_secret_value() == f"secret of {variable}_FILE", f"{name}: {variable}"
+
+
+@all_cases
+def test_secrets_are_referenced_only_as_read_only_volumes(case: str) -> None:
+    """The chart holds no secret material: Secrets are named only as sources of pod volumes, never in a
+    ConfigMap, an annotation or the environment; and it creates no Secret of its own."""
+    docs = render(case)
+    assert not of_kind(docs, "Secret")
+    security = values_of(case)["security"]
+    names = {secret for service in SERVICES for secret, _, _ in secret_files(security, service).values()}
+    if values_of(case)["auth"]["existingSecret"]:
+        names.add(values_of(case)["auth"]["existingSecret"])
+    allowed = {
+        ("spec", "template", "spec", "volumes", "*", "projected", "sources", "*", "secret", "name"),
+        ("spec", "template", "spec", "volumes", "*", "secret", "secretName"),
+    }
+
+    def places(node: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from places(value, (*path, str(key)))
+        elif isinstance(node, list):
+            for item in node:
+                yield from places(item, (*path, "*"))
+        elif node in names:
+            yield path
+
+    for doc in docs:
+        for path in places(doc, ()):
+            assert path in allowed, f"{doc['kind']}/{doc['metadata']['name']}: a Secret named at {'.'.join(path)}"
+    assert case not in {"production", "mtls"} or names
+
+
+def test_the_defaults_render_no_cluster_security() -> None:
+    docs = render("defaults")
+    assert SECRETS_DIR not in yaml.safe_dump_all(docs)
+    endpoints = {"WALSTREAM_KAFKA_BOOTSTRAP", "WALSTREAM_CASSANDRA_CONTACT", "WALSTREAM_ELASTICSEARCH_URL"}
+    prefixes = tuple(f"WALSTREAM_{service.upper()}_" for service in SERVICES)
+    for name, _, pod, container in walstream_pods(docs):
+        variables = {item["name"] for item in container["env"]} - endpoints
+        assert not [variable for variable in variables if variable.startswith(prefixes)], name
+        assert not [volume for volume in pod["volumes"] if "projected" in volume], name
 
 
 @all_cases
@@ -437,6 +658,33 @@ BAD_VALUES = {
         "namespaces:\n  Orders:\n    partitions: 3\n    targets: {a: {}}\n",
         "'Orders' does not match pattern",
     ),
+    # SASL without TLS sends passwords in the clear: walstream does not offer it.
+    "SASL without TLS": (
+        "security:\n  kafka:\n    protocol: SASL_PLAINTEXT\n",
+        "at '/security/kafka/protocol': value must be one of 'PLAINTEXT', 'SSL', 'SASL_SSL'",
+    ),
+    "unknown SASL mechanism": ("security:\n  kafka:\n    saslMechanism: GSSAPI\n", "/security/kafka/saslMechanism"),
+    "a password written into the values": (
+        "security:\n  kafka:\n    password: hunter2\n",
+        "additional properties 'password' not allowed",
+    ),
+    "a Secret reference without its key": (
+        "security:\n  cassandra:\n    passwordSecret: {name: walstream-cassandra}\n",
+        "at '/security/cassandra/passwordSecret': missing property 'key'",
+    ),
+    "a client certificate without its key": (
+        "security:\n  kafka:\n    clientCertSecret: {name: walstream-kafka-tls, certKey: tls.crt}\n",
+        "at '/security/kafka/clientCertSecret': missing property 'keyKey'",
+    ),
+    "a Secret reference with a stray key": (
+        "security:\n  elasticsearch:\n    apiKeySecret: {name: es, key: api-key, optional: true}\n",
+        "additional properties 'optional' not allowed",
+    ),
+    "Cassandra TLS as a string": ('security:\n  cassandra:\n    tls: "yes"\n', "/security/cassandra/tls"),
+    "a fingerprint that is not SHA-256": (
+        "security:\n  elasticsearch:\n    fingerprint: AB:CD\n",
+        "/security/elasticsearch/fingerprint",
+    ),
 }
 
 
@@ -451,6 +699,92 @@ def test_values_schema_rejects_bad_values(name: str, tmp_path: Path) -> None:
         output = result.stdout + result.stderr
         assert result.returncode != 0, f"helm {command[0]} accepted {name!r}:\n{text}"
         assert "schema" in output and message in output, output
+
+
+KAFKA_SASL = "security:\n  kafka:\n    protocol: SASL_SSL\n"
+HTTPS_ES = "endpoints:\n  elasticsearchUrl: https://elasticsearch:9200\n"
+A_SECRET = "{name: walstream-creds, key: password}"
+A_CA = "{name: data-ca, key: ca.crt}"
+A_FINGERPRINT = ":".join(["AB"] * 32)
+
+# Combinations the schema cannot refuse, which walstream would refuse at start: the chart refuses them first.
+BAD_SECURITY = {
+    "SASL_SSL without a username": (
+        KAFKA_SASL + f"    passwordSecret: {A_SECRET}\n",
+        "security.kafka.username: protocol SASL_SSL needs a username",
+    ),
+    "SASL_SSL without a password": (
+        KAFKA_SASL + "    username: walstream\n",
+        "security.kafka.passwordSecret: protocol SASL_SSL needs the password from a Secret",
+    ),
+    "Kafka credentials without SASL_SSL": (
+        f"security:\n  kafka:\n    protocol: SSL\n    username: walstream\n    passwordSecret: {A_SECRET}\n",
+        "security.kafka.passwordSecret: SASL credentials need protocol SASL_SSL (it is SSL)",
+    ),
+    "a Kafka CA without TLS": (
+        f"security:\n  kafka:\n    caSecret: {A_CA}\n",
+        "security.kafka.caSecret and security.kafka.clientCertSecret: TLS files need protocol SSL or SASL_SSL",
+    ),
+    "a Cassandra username without a password": (
+        "security:\n  cassandra:\n    username: walstream\n",
+        "security.cassandra.passwordSecret: security.cassandra.username needs the password from a Secret",
+    ),
+    "a Cassandra password without a username": (
+        f"security:\n  cassandra:\n    passwordSecret: {A_SECRET}\n",
+        "security.cassandra.username: security.cassandra.passwordSecret needs the username it belongs to",
+    ),
+    "a Cassandra CA without TLS": (
+        f"security:\n  cassandra:\n    caSecret: {A_CA}\n",
+        "security.cassandra.caSecret and security.cassandra.clientCertSecret: TLS files need security.cassandra.tls",
+    ),
+    "an Elasticsearch username and an API key": (
+        f"security:\n  elasticsearch:\n    username: walstream\n    passwordSecret: {A_SECRET}\n"
+        f"    apiKeySecret: {A_SECRET}\n",
+        "security.elasticsearch.username and security.elasticsearch.apiKeySecret are alternatives: set one",
+    ),
+    "an Elasticsearch username without a password": (
+        "security:\n  elasticsearch:\n    username: walstream\n",
+        "security.elasticsearch.passwordSecret: security.elasticsearch.username needs the password from a Secret",
+    ),
+    "an Elasticsearch CA and a fingerprint": (
+        HTTPS_ES + f"security:\n  elasticsearch:\n    caSecret: {A_CA}\n    fingerprint: {A_FINGERPRINT}\n",
+        "security.elasticsearch.caSecret and security.elasticsearch.fingerprint are alternatives: set one",
+    ),
+    "an Elasticsearch CA over http": (
+        f"security:\n  elasticsearch:\n    caSecret: {A_CA}\n",
+        'endpoints.elasticsearchUrl "http://elasticsearch:9200" is not https://',
+    ),
+    "Secrets without an fsGroup to read them": (
+        f"podSecurityContext:\n  fsGroup: null\nsecurity:\n  elasticsearch:\n    apiKeySecret: {A_SECRET}\n",
+        "podSecurityContext.fsGroup: the security and auth Secrets are mounted readable by the pod's fsGroup",
+    ),
+    "a tokens Secret without an fsGroup to read it": (
+        "podSecurityContext:\n  fsGroup: null\nauth:\n  existingSecret: walstream-api-tokens\n",
+        "podSecurityContext.fsGroup: the security and auth Secrets are mounted readable by the pod's fsGroup",
+    ),
+    "a password as a plain variable": (
+        "extraEnv:\n  - name: WALSTREAM_KAFKA_PASSWORD\n    value: hunter2\n",
+        "extraEnv: WALSTREAM_KAFKA_PASSWORD is set by the chart from security.kafka.passwordSecret",
+    ),
+    "a password file beside the chart's": (
+        "extraEnv:\n  - name: WALSTREAM_ELASTICSEARCH_API_KEY_FILE\n    value: /mnt/es/api-key\n",
+        "extraEnv: WALSTREAM_ELASTICSEARCH_API_KEY_FILE is set by the chart from security.elasticsearch.apiKeySecret",
+    ),
+    "a bind host of its own": (
+        "extraEnv:\n  - name: WALSTREAM_METRICS_HOST\n    value: 127.0.0.1\n",
+        "extraEnv: the chart sets WALSTREAM_METRICS_HOST to 0.0.0.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SECURITY))
+def test_security_settings_that_cannot_work_are_refused(name: str, tmp_path: Path) -> None:
+    text, message = BAD_SECURITY[name]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = helm("template", RELEASE, CHART, "-f", bad)
+    assert result.returncode != 0, f"helm template accepted {name!r}:\n{text}"
+    assert message in result.stderr, result.stderr
 
 
 def test_a_group_naming_an_undefined_namespace_is_rejected(tmp_path: Path) -> None:
