@@ -91,6 +91,13 @@ class Metrics:
         self.dependency_down_seconds = Counter(
             "walstream_dependency_down_seconds_total", "Seconds a dependency did not answer", ["dependency"], registry=r
         )
+        #: Times a log partition's fetched records never reached the agent and were read again (around a rebalance).
+        self.lost_fetches = Counter(
+            "walstream_lost_fetches_total",
+            "Fetches of a log partition that never reached the agent and were read again",
+            ["topic"],
+            registry=r,
+        )
         #: Records waiting in each namespace's log for this worker group (end offsets minus committed offsets).
         self.consumer_lag = Gauge("walstream_consumer_lag", "Records waiting in the log", ["namespace"], registry=r)
         #: Unix time of the last acknowledged batch (health compares it with waiting input).

@@ -36,6 +36,8 @@ from streams.config import KafkaProtocol, KafkaSecurity
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 100
+#: How often the consumer looks for records it fetched that never reached the agent (see ``lost_fetches``).
+LOST_FETCH_CHECK_S = 5.0
 #: How long a consumer group waits for a member that stopped answering (a killed worker) before moving its
 #: partitions to the others.
 SESSION_TIMEOUT_S = 10.0
@@ -56,6 +58,11 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(driver.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: set[TP] = set()  # fetched by the running getmany, not handed over yet
+        self._suspected: dict[TP, tuple[int, int]] = {}  # lost_fetches at the previous check
+
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -66,11 +73,14 @@ class _Consumer(driver.Consumer):
             async for item in super().getmany(timeout):
                 yield item
             return
+        self._pending = set()
         before = self._positions(chunked)
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
             return
+        # Fetched and not yet handed over: not lost, whatever the positions say (see lost_fetches).
+        self._pending = set(records)
         if not self.flow_active:
             # As Faust does: a fetch that raced with a stop of the flow is dropped and the positions rewound.
             await self.perform_seek()
@@ -100,6 +110,8 @@ class _Consumer(driver.Consumer):
             if start <= tp_records[0].offset:
                 end = max(end, after.get(tp, 0) - 1)
             yield tp, await self._chunk(tp, tp_records, min(start, tp_records[0].offset), end, generation_id)
+            self._pending.discard(tp)
+        self._pending = set()
         if dropped:
             await self._rewind(dropped)
             return
@@ -114,6 +126,49 @@ class _Consumer(driver.Consumer):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
                 return
             yield tp, await self._chunk(tp, (), start, position - 1, generation_id)
+
+    def lost_fetches(self) -> dict[TP, tuple[int, int]]:
+        """Chunked partitions whose fetch position ran past what Faust's drain loop passed on to the agent, with
+        nothing of theirs on its way: ``{tp: (offset to read again from, fetch position)}``.
+
+        Every fetched record must reach the agent or be fetched again. Around a rebalance and the table recovery
+        after it, a partition's position has been seen to move past records that never reached the agent and
+        were never sought back: its committed offset then stood still for good. Faust's read offset is the last
+        offset its drain loop passed on (or the committed offset, after it seeks there), so a position further
+        on, with no fetch of that partition in hand, means records that will never arrive."""
+        if not self.flow_active or self.app.rebalancing:
+            return {}
+        chunked: frozenset[str] = getattr(self.app, "chunked_topics", frozenset())
+        active = self._active_partitions
+        lost = {}
+        for tp, position in self._positions(chunked).items():
+            if tp in self._pending or tp in self._paused_partitions or (active is not None and tp not in active):
+                continue
+            read = self._read_offset.get(tp)
+            if read is not None and position > read + 1:
+                # From the read offset itself: after a seek to the committed offset it is the next record due.
+                lost[tp] = (read, position)
+        return lost
+
+    async def recover_lost_fetches(self) -> None:
+        """Fetch again what ``lost_fetches`` finds twice in a row unchanged (a delivery in progress moves on)."""
+        lost = self.lost_fetches()
+        previous, self._suspected = self._suspected, lost
+        for tp, (again, position) in list(lost.items()):
+            if previous.get(tp) != (again, position):
+                continue
+            log.warning(
+                "partition %s of %s: offsets %d..%d were fetched but never reached the agent; reading them again",
+                tp.partition,
+                tp.topic,
+                again,
+                position - 1,
+            )
+            on_lost = getattr(self.app, "on_lost_fetch", None)
+            if on_lost is not None:
+                on_lost(tp.topic)
+            await self.seek(tp, again)  # the table skips a record that did arrive
+            self._suspected.pop(tp, None)
 
     async def _rewind(self, dropped: Mapping[TP, Any]) -> None:
         """Fetched records that were not delivered moved the position past them all the same: move it back, so
@@ -188,6 +243,14 @@ class WalApp(faust.App):
         super().__init__(*args, **kwargs)
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self.chunked_topics: frozenset[str] = frozenset()
+        #: Told the topic of every partition whose lost fetch was read again.
+        self.on_lost_fetch: Callable[[str], None] | None = None
+        self.timer(LOST_FETCH_CHECK_S)(self._recover_lost_fetches)
+
+    async def _recover_lost_fetches(self) -> None:
+        consumer = self.consumer
+        if self.chunked_topics and isinstance(consumer, _Consumer):
+            await consumer.recover_lost_fetches()
 
     def chunk(self, topic: str) -> None:
         """Deliver ``topic``'s records to its agent as chunks (lists of aiokafka ConsumerRecords)."""

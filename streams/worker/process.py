@@ -172,6 +172,7 @@ class Worker:
                 options.batch_within_s,
             )
         app.on_partitions_assigned.connect(self._share_deletes)
+        app.on_lost_fetch = lambda topic: self.metrics.child(self.metrics.lost_fetches, topic).inc()
         dependencies = self.dependencies
 
         async def probe_stores() -> None:

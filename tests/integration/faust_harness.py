@@ -1,6 +1,7 @@
 """A worker's Faust runtime without the sinks, for the contract tests: the same app, transport and Batcher.
 
     python -m tests.integration.faust_harness TOPIC GROUP OUT [--crash-at PARTITION:OFFSET] [--delay S]
+        [--lose-at PARTITION:OFFSET]
 
 It consumes TOPIC in consumer group GROUP exactly as a fan-out agent does (chunked delivery, a Batcher with
 pipelined batches, acknowledgements in order) and appends one line per delivered chunk to OUT:
@@ -9,6 +10,8 @@ pipelined batches, acknowledgements in order) and appends one line per delivered
 
 written when the chunk is processed, before it is acknowledged. With --crash-at it exits at once (code 70,
 nothing acknowledged) when a chunk containing that record is processed, as a worker killed mid-chunk would.
+With --lose-at the first chunk fetched with that record is never handed to the agent (its partition's position
+has moved past it all the same): the fault the consumer's lost-fetch check must repair.
 """
 
 from __future__ import annotations
@@ -18,13 +21,34 @@ import asyncio
 import os
 import random
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from streams.pipeline.batching import Batcher
-from streams.worker.app import new_app, use_uvloop
+from streams.worker.app import _Consumer, new_app, use_uvloop
+
+
+def lose_chunk(partition: int, offset: int) -> None:
+    """Drop the first chunk of ``partition`` that holds ``offset`` between the fetch and the agent, once."""
+    fetch = _Consumer.getmany
+    lost: list[int] = []
+
+    async def lossy(self: _Consumer, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        async for tp, message in fetch(self, timeout):
+            records = message.value if isinstance(message.value, list) else []
+            if not lost and tp.partition == partition and records and records[0].offset <= offset <= message.offset:
+                lost.append(message.offset)
+                print(
+                    f"harness lost chunk {partition} {records[0].offset} {message.offset}", file=sys.stderr, flush=True
+                )
+                continue
+            yield tp, message
+
+    _Consumer.getmany = lossy  # type: ignore[method-assign]
 
 
 def main() -> int:
@@ -36,8 +60,11 @@ def main() -> int:
     parser.add_argument("--crash-at", help="PARTITION:OFFSET")
     parser.add_argument("--delay", type=float, default=0.0, help="up to this many seconds of work per batch")
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--lose-at", help="PARTITION:OFFSET")
     args = parser.parse_args()
     crash = tuple(int(x) for x in args.crash_at.split(":")) if args.crash_at else None
+    if args.lose_at:
+        lose_chunk(*(int(x) for x in args.lose_at.split(":")))
     out = Path(args.out)
 
     use_uvloop()

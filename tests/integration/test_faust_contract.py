@@ -45,6 +45,7 @@ class Harness:
     out: Path
     bootstrap: str
     crash_at: tuple[int, int] | None = None
+    lose_at: tuple[int, int] | None = None
     delay: float = 0.02
     proc: subprocess.Popen[bytes] | None = None
 
@@ -53,6 +54,8 @@ class Harness:
         argv += ["--bootstrap", self.bootstrap, "--delay", str(self.delay)]
         if self.crash_at is not None:
             argv += ["--crash-at", f"{self.crash_at[0]}:{self.crash_at[1]}"]
+        if self.lose_at is not None:
+            argv += ["--lose-at", f"{self.lose_at[0]}:{self.lose_at[1]}"]
         log = self.out.with_suffix(".log").open("ab")
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -251,6 +254,28 @@ def test_a_crash_in_the_middle_of_a_chunk_reads_the_whole_chunk_again(topic: Top
     assert set(range(crash.first, crash.last + 1)) <= again  # the whole chunk, read again
     for partition, produced in topic.offsets.items():
         assert set(produced) <= processed(chunks(first_out, second_out), partition)  # nothing skipped
+
+
+def test_a_fetch_that_never_reaches_the_agent_is_read_again(topic: Topic, tmp_path: Path) -> None:
+    """Records fetched (the partition's position moved past them) but never passed on to the agent are fetched
+    again by the consumer's own check, so the partition does not stand still."""
+    group = f"contract-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "lossy.out"
+    topic.produce(1500)
+    target = max(topic.offsets[1]) + 1  # the first record of partition 1 in the second round
+    harness = Harness(topic.name, group, out, topic.bootstrap, lose_at=(1, target), delay=0.02).start()
+    try:
+        with CommitMonitor(topic.bootstrap, group, topic.name, topic.partitions, [out]) as monitor:
+            wait_until(lambda: all_committed(topic, group), 180, "the first round to be committed", harness.tail)
+            topic.produce(1500)
+            wait_until(lambda: "harness lost chunk" in harness.tail(), 180, "the harness to lose a chunk", harness.tail)
+            wait_until(lambda: all_committed(topic, group), 180, "every offset to be committed", harness.tail)
+        assert monitor.checks > 0 and monitor.violations == []
+        assert "never reached the agent; reading them again" in harness.tail()
+    finally:
+        harness.stop()
+    for partition, produced in topic.offsets.items():
+        assert set(produced) <= processed(chunks(out), partition)  # the lost chunk's records too
 
 
 @pytest.mark.parametrize("topic", [6], indirect=True)

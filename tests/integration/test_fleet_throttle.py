@@ -1,7 +1,8 @@
 """Throttled deletes hold the namespace's rate across every worker of its group, not per process.
 
-The store's side is measured in its own terms: Cassandra's row count, sampled five times a second. Elasticsearch's
-side is the deletes it took, summed over the workers' metrics."""
+Each store is measured in its own terms, five times a second: Cassandra's row count, and the delete operations
+Elasticsearch's index statistics count (live, not waiting for a refresh). Each reading is stamped with the middle
+of the query that took it."""
 
 from __future__ import annotations
 
@@ -74,10 +75,13 @@ def _rows(session: Session, ns: ScratchNamespace) -> int:
     return int(session.execute(f"SELECT count(*) FROM {ns.keyspace}.items", timeout=30).one()[0])
 
 
-def _windows(samples: Sequence[Sample]) -> list[tuple[float, float]]:
-    """(start, deletes per second) over every window from a sample to the first sample at least a second later."""
+def _windows(samples: Sequence[Sample], after: float = 0.0) -> list[tuple[float, float]]:
+    """(start, deletes per second) over every window from a sample to the first sample at least a second later,
+    counting only the windows that start at ``after`` or later."""
     rates = []
     for i, (t0, n0) in enumerate(samples):
+        if t0 < after:
+            continue
         later = next(((t, n) for t, n in samples[i + 1 :] if t - t0 >= 1.0), None)
         if later is not None:
             rates.append((t0, (later[1] - n0) / (later[0] - t0)))
@@ -105,8 +109,19 @@ def _write(endpoints: Endpoints, ns: ScratchNamespace, what: list[tuple[str, Op]
         writer.close()
 
 
+def _timed(read: Callable[[], float]) -> Sample:
+    began = time.monotonic()
+    value = read()
+    return ((began + time.monotonic()) / 2, value)
+
+
+def _index_deletes(es: Elasticsearch, ns: ScratchNamespace) -> float:
+    stats = es.indices.stats(index=ns.index, metric="indexing")
+    return float(stats["_all"]["primaries"]["indexing"]["delete_total"])
+
+
 def _watch(
-    session: Session,
+    stores: tuple[Session, Elasticsearch],
     ns: ScratchNamespace,
     total: int,
     ports: Sequence[int],
@@ -115,15 +130,17 @@ def _watch(
     search: list[Sample],
     seen: dict[int, float],
 ) -> None:
-    """Sample the deletes both stores took, five times a second, until ``until()``."""
+    """Sample the deletes both stores took, five times a second, until ``until()``; ``seen`` keeps each worker's
+    own count of search deletes (a worker that left keeps its last one)."""
+    session, es = stores
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not until():
-        cassandra.append((time.monotonic(), total - _rows(session, ns)))
+        cassandra.append(_timed(lambda: total - _rows(session, ns)))
+        search.append(_timed(lambda: _index_deletes(es, ns)))
         for port in ports:
             value = _metric(port, "walstream_deletes_total", namespace=ns.name, target="search")
             if value is not None:
-                seen[port] = value  # a worker that left keeps its last count
-        search.append((time.monotonic(), sum(seen.values())))
+                seen[port] = value
         time.sleep(0.2)
 
 
@@ -145,7 +162,7 @@ def test_two_workers_hold_the_namespace_rate_together(
         started = time.monotonic()
         _write(endpoints, ns, [(k, Op.DELETE) for k in keys])
         _watch(
-            session,
+            stores,
             ns,
             len(keys),
             ports,
@@ -164,6 +181,63 @@ def test_two_workers_hold_the_namespace_rate_together(
         assert took >= len(keys) / rate, f"{len(keys)} deletes at {rate}/s took only {took:.1f}s"
         for store, fast in fastest.items():
             assert fast <= rate * 1.10, f"{store} took {fast:.0f} deletes in a second (limit {rate}/s)"
+        wait_until(lambda: not es_docs(es, ns.index), 60, "the index to be empty")
+        assert not cassandra_rows(session, ns.keyspace)
+    finally:
+        a.stop()
+        b.stop()
+        ns.drop(session, es)
+
+
+def test_a_worker_joining_keeps_the_bound_and_one_leaving_hands_over_its_share(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    rate = 200
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=6, throttle={"max_deletes_per_second": rate})
+    ports = [free_port(), free_port()]
+    a = WorkerProcess(ns, tmp_path / "data-a", tmp_path / "a.log", metrics_port=ports[0]).start()
+    b = WorkerProcess(ns, tmp_path / "data-b", tmp_path / "b.log", metrics_port=ports[1])
+    try:
+        keys = _populate(endpoints, ns, session, 6000, a)
+        wait_until(lambda: _rate_limit(ports[0], ns) == rate, 60, "the first worker's share", a.tail)
+        cassandra: list[Sample] = []
+        search: list[Sample] = []
+        seen: dict[int, float] = {}
+        _write(endpoints, ns, [(k, Op.DELETE) for k in keys])
+        # Alone, then joined: the first worker's deletes have begun before the second one starts.
+        _watch(
+            stores, ns, len(keys), ports, lambda: bool(cassandra) and cassandra[-1][1] >= 400, cassandra, search, seen
+        )
+        b.start()
+        _watch(
+            stores,
+            ns,
+            len(keys),
+            ports,
+            lambda: [_rate_limit(p, ns) for p in ports] == [rate / 2] * 2 and seen.get(ports[1], 0) >= 200,
+            cassandra,
+            search,
+            seen,
+        )
+        assert seen.get(ports[1], 0) >= 200, f"the second worker never took its share\n{b.tail(80)}"
+        joined_until = len(cassandra)
+        # The second worker leaves (a graceful stop): the first one takes the whole rate again.
+        b.stop()
+        _watch(stores, ns, len(keys), ports, lambda: _rate_limit(ports[0], ns) == rate, cassandra, search, seen)
+        handed_over = time.monotonic()
+        _watch(stores, ns, len(keys), ports, lambda: cassandra[-1][1] == len(keys), cassandra, search, seen)
+        assert cassandra[-1][1] == len(keys), _where(endpoints, ns, a)
+        fastest = {store: max(r for _, r in _windows(s)) for store, s in (("cassandra", cassandra), ("search", search))}
+        alone_again = max(r for _, r in _windows(cassandra, after=handed_over))
+        print(
+            f"deletes with a join and a leave: fastest second {fastest}, after the leave {alone_again:.0f}/s "
+            f"(limit {rate}/s, {joined_until} samples until the second worker left)"
+        )
+        for store, fast in fastest.items():
+            assert fast <= rate * 1.10, f"{store} took {fast:.0f} deletes in a second (limit {rate}/s)"
+        # Alone again, it goes faster than its half share could (100/s): the whole rate is its own.
+        assert alone_again >= rate * 0.75, f"alone again, the worker deleted only {alone_again:.0f}/s"
         wait_until(lambda: not es_docs(es, ns.index), 60, "the index to be empty")
         assert not cassandra_rows(session, ns.keyspace)
     finally:
