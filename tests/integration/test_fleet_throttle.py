@@ -33,7 +33,9 @@ from tests.integration.pipeline import (
 
 pytestmark = pytest.mark.integration
 
-Sample = tuple[float, float]  # (monotonic time, deletes so far)
+#: (monotonic time at the middle of the query, deletes so far, half the query's duration). The reading is true
+#: at some instant within the query, so a window's length is known only to within the two half-durations.
+Sample = tuple[float, float, float]
 
 
 def _metric(port: int, name: str, **labels: str) -> float | None:
@@ -77,14 +79,16 @@ def _rows(session: Session, ns: ScratchNamespace) -> int:
 
 def _windows(samples: Sequence[Sample], after: float = 0.0) -> list[tuple[float, float]]:
     """(start, deletes per second) over every window from a sample to the first sample at least a second later,
-    counting only the windows that start at ``after`` or later."""
+    counting only the windows that start at ``after`` or later. The rate is the one the readings prove: over the
+    longest time the window can have lasted (a slow query on a busy machine widens it, it does not inflate it)."""
     rates = []
-    for i, (t0, n0) in enumerate(samples):
+    for i, (t0, n0, h0) in enumerate(samples):
         if t0 < after:
             continue
-        later = next(((t, n) for t, n in samples[i + 1 :] if t - t0 >= 1.0), None)
+        later = next(((t, n, h) for t, n, h in samples[i + 1 :] if t - t0 >= 1.0), None)
         if later is not None:
-            rates.append((t0, (later[1] - n0) / (later[0] - t0)))
+            t1, n1, h1 = later
+            rates.append((t0, (n1 - n0) / (t1 - t0 + h0 + h1)))
     return rates
 
 
@@ -112,7 +116,8 @@ def _write(endpoints: Endpoints, ns: ScratchNamespace, what: list[tuple[str, Op]
 def _timed(read: Callable[[], float]) -> Sample:
     began = time.monotonic()
     value = read()
-    return ((began + time.monotonic()) / 2, value)
+    ended = time.monotonic()
+    return ((began + ended) / 2, value, (ended - began) / 2)
 
 
 def _index_deletes(es: Elasticsearch, ns: ScratchNamespace) -> float:
