@@ -11,13 +11,13 @@ import socket
 import ssl
 from collections.abc import Iterable
 
-from cassandra import AuthenticationFailed
+from cassandra import AuthenticationFailed, OperationTimedOut
 from cassandra.cluster import NoHostAvailable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import TlsError
-from elasticsearch import AuthenticationException
+from elastic_transport import ConnectionTimeout, TlsError
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException
 
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
@@ -72,7 +72,9 @@ def _kafka_refusal(
                 f"Kafka at {bootstrap} refused user {username!r}: check WALSTREAM_KAFKA_USERNAME and "
                 f"WALSTREAM_KAFKA_PASSWORD (or _PASSWORD_FILE), and WALSTREAM_KAFKA_SASL_MECHANISM"
             )
-        if "PLAINTEXT broker listener" in text:
+        if "PLAINTEXT broker listener" in text and not any(_speaks_tls(b) for b in bootstrap.split(",")):
+            # librdkafka says this of any disconnect during a TLS handshake (a restarting broker too): only a
+            # listener that does not speak TLS makes it a refusal.
             return (
                 f"Kafka at {bootstrap} serves plaintext, not TLS: check WALSTREAM_KAFKA_SECURITY_PROTOCOL "
                 f"and WALSTREAM_KAFKA_BOOTSTRAP"
@@ -81,12 +83,6 @@ def _kafka_refusal(
             return (
                 f"TLS with Kafka at {bootstrap} failed ({_first_line(text)}): check WALSTREAM_KAFKA_CA_FILE "
                 f"and WALSTREAM_KAFKA_SECURITY_PROTOCOL"
-            )
-        if protocol is KafkaProtocol.PLAINTEXT and "security.protocol" in text:
-            # librdkafka's own guess when a plaintext client reaches a TLS or SASL listener.
-            return (
-                f"Kafka at {bootstrap} closed a plaintext connection; it probably requires TLS or SASL: set "
-                f"WALSTREAM_KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL) and its credentials"
             )
     return None
 
@@ -101,8 +97,12 @@ def check_cassandra(endpoints: Endpoints, timeout: float = 15.0) -> None:
         why = _cassandra_refusal(where, security.username, security.tls, list(exc.errors.values()))
         if why is not None:
             raise AccessRefused(why) from None
-    except AuthenticationFailed:
-        raise AccessRefused(_cassandra_refusal(where, security.username, security.tls, [])) from None
+    except AuthenticationFailed as exc:
+        why = _cassandra_refusal(where, security.username, security.tls, [exc])
+        if why is not None:
+            raise AccessRefused(why) from None
+    except OperationTimedOut:
+        pass  # slow or away: an outage, not a refusal
     finally:
         cluster.shutdown()
 
@@ -120,7 +120,7 @@ def _cassandra_refusal(where: str, username: str | None, tls: bool, errors: list
                 f"Cassandra at {where} refused user {username!r}: check WALSTREAM_CASSANDRA_USERNAME and "
                 f"WALSTREAM_CASSANDRA_PASSWORD (or _PASSWORD_FILE)"
             )
-        if isinstance(error, ssl.SSLError) or "SSL" in text or "certificate" in text:
+        if _tls_refusal(error, text):
             return (
                 f"TLS with Cassandra at {where} failed ({_first_line(text)}): check WALSTREAM_CASSANDRA_CA_FILE "
                 f"and WALSTREAM_CASSANDRA_VERIFY_HOSTNAME"
@@ -161,8 +161,17 @@ def check_elasticsearch(endpoints: Endpoints, timeout: float = 15.0) -> None:
             raise AccessRefused(
                 f"Elasticsearch at {url} serves https: use an https:// address in WALSTREAM_ELASTICSEARCH_URL"
             ) from None
+    except (ConnectionTimeout, AuthorizationException, ApiError):
+        pass  # slow, busy or away (an outage), or the credentials were taken and a privilege is missing
     finally:
         es.close()
+
+
+def _tls_refusal(error: object, text: str) -> bool:
+    """A TLS handshake that failed on its merits (the certificate, or a plaintext server), not one cut short."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return True
+    return any(sign in text for sign in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "certificate verify"))
 
 
 def _speaks_tls(address: str, timeout: float = 5.0) -> bool:

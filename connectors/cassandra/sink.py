@@ -66,9 +66,9 @@ def new_cluster(host: str, port: int, timeout: float = 10.0, security: Cassandra
     if security.username is not None and security.password is not None:
         auth["auth_provider"] = PlainTextAuthProvider(security.username, security.password.get_secret_value())
     if security.tls:
+        # Each node's certificate is checked against that node's own address (the driver's default), so a
+        # cluster whose nodes have certificates of their own works past the contact point.
         auth["ssl_context"] = cassandra_ssl_context(security)
-        # The host name the certificate must name (SNI and the check), as connected to.
-        auth["ssl_options"] = {"server_hostname": host}
     return Cluster(
         [host],
         **auth,

@@ -127,10 +127,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = [self.construct_object(key_node, deep=True) for key_node, _ in node.value]
-        repeated = sorted({str(k)[:8] + "..." for i, k in enumerate(keys) if k in keys[:i]})
+        repeated = [i + 1 for i, k in enumerate(keys) if k in keys[:i]]
         if repeated:
             raise yaml.constructor.ConstructorError(
-                None, None, f"repeated key(s) {', '.join(repeated)}", node.start_mark
+                None, None, f"entry {repeated[0]} repeats an earlier token (tokens are never shown)", node.start_mark
             )
         return super().construct_mapping(node, deep=deep)
 
@@ -142,8 +142,14 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenRegistry:
         document = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except OSError as exc:
         raise TokensFileError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TokensFileError(f"{file}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise TokensFileError(f"{file}: invalid YAML: {exc}") from None
+        # Only what is wrong and where: PyYAML's own message quotes the line, which holds a token.
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise TokensFileError(f"{file}: invalid YAML{where}: {problem}") from None
     if document is None:
         return TokenRegistry()
     if not isinstance(document, dict):
@@ -195,8 +201,11 @@ class TokensFile:
         """Reload whenever the file changes, until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            if self.changed():
-                self.reload()
+            try:
+                if self.changed():
+                    self.reload()
+            except Exception:  # the watcher must outlive any surprise, or revoked tokens would stay valid
+                log.exception("tokens file check failed; trying again")
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

@@ -60,7 +60,9 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 class _Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending: set[TP] = set()  # fetched by the running getmany, not handed over yet
+        self._in_hand = False  # a fetch is being handed over to the drain loop
+        self._refetched: dict[TP, tuple[int, int]] = {}  # per partition: what the timer last fetched again
+        self._jumps: dict[TP, tuple[int, int]] = {}  # per partition: a jump a fetch found, fetched again
         self._suspected: dict[TP, tuple[int, int]] = {}  # lost_fetches at the previous check
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
@@ -73,14 +75,26 @@ class _Consumer(driver.Consumer):
             async for item in super().getmany(timeout):
                 yield item
             return
-        self._pending = set()
         before = self._positions(chunked)
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
             return
-        # Fetched and not yet handed over: not lost, whatever the positions say (see lost_fetches).
-        self._pending = set(records)
+        self._in_hand = True  # until this fetch is handed over: positions may run ahead (see lost_fetches)
+        try:
+            async for item in self._hand_over(chunked, before, records, active_partitions, generation_id):
+                yield item
+        finally:
+            self._in_hand = False
+
+    async def _hand_over(
+        self,
+        chunked: frozenset[str],
+        before: Mapping[TP, int],
+        records: Mapping[TP, Any],
+        active_partitions: set[TP] | None,
+        generation_id: int,
+    ) -> AsyncIterator[tuple[TP, Any]]:
         if not self.flow_active:
             # As Faust does: a fetch that raced with a stop of the flow is dropped and the positions rewound.
             await self.perform_seek()
@@ -89,6 +103,7 @@ class _Consumer(driver.Consumer):
         after = self._positions(chunked)
         to_message = self._to_message
         dropped: dict[TP, Any] = {}
+        skipped: dict[TP, tuple[int, int]] = {}
         for tp, tp_records in records.items():
             if not tp_records:
                 continue
@@ -105,15 +120,18 @@ class _Consumer(driver.Consumer):
                 continue
             # This fetch read from the position before it up to the position after it: the records, and any
             # transaction markers or aborted records between and after them.
-            start = before.get(tp, tp_records[0].offset)
+            start = min(before.get(tp, tp_records[0].offset), tp_records[0].offset)
             end = tp_records[-1].offset
-            if start <= tp_records[0].offset:
+            if start == before.get(tp, start):
                 end = max(end, after.get(tp, 0) - 1)
-            yield tp, await self._chunk(tp, tp_records, min(start, tp_records[0].offset), end, generation_id)
-            self._pending.discard(tp)
-        self._pending = set()
-        if dropped:
+            back = self._skips(tp, start)
+            if back is not None:
+                skipped[tp] = (back, start)
+                continue
+            yield tp, await self._chunk(tp, tp_records, start, end, generation_id)
+        if dropped or skipped:
             await self._rewind(dropped)
+            await self._read_again(skipped)
             return
         for tp, position in after.items():
             # A fetch that read only transaction markers or aborted records moves the position without a record:
@@ -125,28 +143,69 @@ class _Consumer(driver.Consumer):
                 continue
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
                 return
+            back = self._skips(tp, start)
+            if back is not None:
+                await self._read_again({tp: (back, start)})
+                return
             yield tp, await self._chunk(tp, (), start, position - 1, generation_id)
 
+    def _skips(self, tp: TP, start: int) -> int | None:
+        """The read offset to go back to when a chunk from ``start`` would pass over records the drain loop
+        never passed on, else None. Faust's drain loop takes any jump past its read offset for a gap to commit
+        over, so such a chunk would commit records that never reached the agent: they are fetched again
+        instead. The same jump found again by the very next fetch after that is real (the records left the log
+        meanwhile, by retention) and is let through."""
+        read = self._read_offset.get(tp)
+        if read is None or start <= read + 1:
+            self._jumps.pop(tp, None)
+            return None
+        if self._jumps.pop(tp, None) == (read, start):
+            log.warning(
+                "partition %s of %s: offsets %d..%d are no longer in the log; going on from %d",
+                tp.partition,
+                tp.topic,
+                read + 1,
+                start - 1,
+                start,
+            )
+            return None
+        self._jumps[tp] = (read, start)
+        return read
+
+    async def _read_again(self, lost: Mapping[TP, tuple[int, int]]) -> None:
+        """Seek each partition back to its read offset: ``{tp: (read offset, where the position had got to)}``."""
+        for tp, (read, position) in lost.items():
+            log.warning(
+                "partition %s of %s: offsets %d..%d were fetched but never reached the agent; reading them again",
+                tp.partition,
+                tp.topic,
+                read,
+                position - 1,
+            )
+            on_lost = getattr(self.app, "on_lost_fetch", None)
+            if on_lost is not None:
+                on_lost(tp.topic)
+            await self.seek(tp, read)  # from the read offset itself: the table skips a record that did arrive
+
     def lost_fetches(self) -> dict[TP, tuple[int, int]]:
-        """Chunked partitions whose fetch position ran past what Faust's drain loop passed on to the agent, with
-        nothing of theirs on its way: ``{tp: (offset to read again from, fetch position)}``.
+        """Chunked partitions whose fetch position ran past what Faust's drain loop passed on to the agent, while
+        no fetch is being handed over: ``{tp: (read offset, fetch position)}``.
 
         Every fetched record must reach the agent or be fetched again. Around a rebalance and the table recovery
         after it, a partition's position has been seen to move past records that never reached the agent and
-        were never sought back: its committed offset then stood still for good. Faust's read offset is the last
-        offset its drain loop passed on (or the committed offset, after it seeks there), so a position further
-        on, with no fetch of that partition in hand, means records that will never arrive."""
-        if not self.flow_active or self.app.rebalancing:
+        were never sought back. On a partition that gets more records, the next chunk finds the jump
+        (``_skips``); on a quiet one, nothing would, and its committed offset would stand still for good: this
+        check, run on a timer, finds those."""
+        if self._in_hand or not self.flow_active or self.app.rebalancing:
             return {}
         chunked: frozenset[str] = getattr(self.app, "chunked_topics", frozenset())
         active = self._active_partitions
         lost = {}
         for tp, position in self._positions(chunked).items():
-            if tp in self._pending or tp in self._paused_partitions or (active is not None and tp not in active):
+            if tp in self._paused_partitions or (active is not None and tp not in active):
                 continue
             read = self._read_offset.get(tp)
-            if read is not None and position > read + 1:
-                # From the read offset itself: after a seek to the committed offset it is the next record due.
+            if read is not None and position > read + 1 and self._refetched.get(tp) != (read, position):
                 lost[tp] = (read, position)
         return lost
 
@@ -154,21 +213,12 @@ class _Consumer(driver.Consumer):
         """Fetch again what ``lost_fetches`` finds twice in a row unchanged (a delivery in progress moves on)."""
         lost = self.lost_fetches()
         previous, self._suspected = self._suspected, lost
-        for tp, (again, position) in list(lost.items()):
-            if previous.get(tp) != (again, position):
-                continue
-            log.warning(
-                "partition %s of %s: offsets %d..%d were fetched but never reached the agent; reading them again",
-                tp.partition,
-                tp.topic,
-                again,
-                position - 1,
-            )
-            on_lost = getattr(self.app, "on_lost_fetch", None)
-            if on_lost is not None:
-                on_lost(tp.topic)
-            await self.seek(tp, again)  # the table skips a record that did arrive
-            self._suspected.pop(tp, None)
+        confirmed = {tp: where for tp, where in lost.items() if previous.get(tp) == where}
+        if confirmed and not self._in_hand:
+            await self._read_again(confirmed)
+            for tp, where in confirmed.items():
+                self._suspected.pop(tp, None)
+                self._refetched[tp] = where  # not again for the same positions (a quiet log's start moved on)
 
     async def _rewind(self, dropped: Mapping[TP, Any]) -> None:
         """Fetched records that were not delivered moved the position past them all the same: move it back, so
@@ -250,7 +300,10 @@ class WalApp(faust.App):
     async def _recover_lost_fetches(self) -> None:
         consumer = self.consumer
         if self.chunked_topics and isinstance(consumer, _Consumer):
-            await consumer.recover_lost_fetches()
+            try:
+                await consumer.recover_lost_fetches()
+            except Exception:  # a timer that raises would crash the app; the next check tries again
+                log.exception("the lost-fetch check failed")
 
     def chunk(self, topic: str) -> None:
         """Deliver ``topic``'s records to its agent as chunks (lists of aiokafka ConsumerRecords)."""

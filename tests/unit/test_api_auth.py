@@ -105,7 +105,7 @@ def test_load_tokens(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("t1: alpha\nt1: beta\n", "repeated key"),
+        ("t1: alpha\nt1: beta\n", "repeats an earlier token"),
         ("- t1\n", "must map tokens"),
         ("t1: ''\n", "identity"),
         ("t1: [a]\n", "identity"),
@@ -113,12 +113,22 @@ def test_load_tokens(tmp_path: Path) -> None:
         ("'a b': alpha\n", "token"),
         ("sha256:abc: alpha\n", "64 lowercase hex"),
         ("t1: [unclosed\n", "invalid YAML"),
+        ("secret-token-1: alpha\nsecret-token-1: beta\n", "entry 2"),
+        ("secret-token-1: [unclosed\n", "line 2"),
     ],
 )
 def test_bad_tokens_files_are_refused(tmp_path: Path, text: str, problem: str) -> None:
     file = tmp_path / "tokens.yaml"
     file.write_text(text)
-    with pytest.raises(TokensFileError, match=problem):
+    with pytest.raises(TokensFileError, match=problem) as refused:
+        load_tokens(file)
+    assert "secret-token" not in str(refused.value), "the error names the problem, never the token"
+
+
+def test_a_tokens_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "tokens.yaml"
+    file.write_bytes(b"t1: \xff\xfe\n")
+    with pytest.raises(TokensFileError, match="UTF-8"):
         load_tokens(file)
 
 
