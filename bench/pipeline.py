@@ -170,9 +170,10 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def own_secured_stack() -> Iterator[tuple[LocalStack, float]]:
-    """``--secure``: a secured embedded stack of the bench's own (TLS + SCRAM Kafka, TLS + password Cassandra,
-    https + basic auth Elasticsearch) on free ports in a fresh folder under /tmp; the shared stack is not touched.
+def own_stack(secure: bool) -> Iterator[tuple[LocalStack, float]]:
+    """An embedded stack of the bench's own on free ports in a fresh folder under /tmp; the shared stack is not
+    touched. ``--secure``: secured (TLS + SCRAM Kafka, TLS + password Cassandra, https + basic auth Elasticsearch);
+    ``--own-stack`` alone: open, the control for ``--secure`` (just as freshly started, next to the same load).
     Yields the stack and how long it took to start. Always stopped by its own ``down()`` and its folder removed,
     also after an error or Ctrl-C."""
     from connectors.local.stack import LocalStack
@@ -183,13 +184,14 @@ def own_secured_stack() -> Iterator[tuple[LocalStack, float]]:
         raise BenchError(str(exc)) from None
     # Not under a private temp folder: Elasticsearch runs as an unprivileged user when root starts the stack, and
     # that user has to reach the folder. The artifact cache (and heaps, Java) come from the usual settings.
-    base = Path(tempfile.mkdtemp(prefix="walstream-bench-secure-"))
+    kind = "secured" if secure else "open"
+    base = Path(tempfile.mkdtemp(prefix=f"walstream-bench-{kind}-"))
     base.chmod(0o755)
     kafka, controller, cassandra, storage, es, transport = free_ports(6)
     local = settings.local.model_copy(
         update={
             "stack_dir": base / "stack",
-            "secure": True,
+            "secure": secure,
             "kafka_port": kafka,
             "kafka_controller_port": controller,
             "cassandra_port": cassandra,
@@ -198,26 +200,23 @@ def own_secured_stack() -> Iterator[tuple[LocalStack, float]]:
             "elasticsearch_transport_port": transport,
         }
     )
-    stack = LocalStack(local, progress=lambda message: say(f"  secured stack: {message}"))
-    say(
-        f"--secure: starting the bench's own secured stack in {base} (Kafka {kafka}, Cassandra {cassandra}, "
-        f"Elasticsearch {es})"
-    )
+    stack = LocalStack(local, progress=lambda message: say(f"  [own stack] {message}"))
+    say(f"starting the bench's own {kind} stack in {base} (Kafka {kafka}, Cassandra {cassandra}, Elasticsearch {es})")
     started = time.monotonic()
     try:
         stack.up()
         elapsed = time.monotonic() - started
-        say(f"secured stack up in {elapsed:.1f} s (start-up is not part of any figure)")
+        say(f"own {kind} stack up in {elapsed:.1f} s (start-up is not part of any figure)")
         yield stack, elapsed
     finally:
-        say("stopping the bench's own secured stack")
+        say(f"stopping the bench's own {kind} stack")
         # A second Ctrl-C (or SIGTERM) must not leave three servers running: down() finishes first.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             stopped = stack.down()
         except Exception as exc:  # noqa: BLE001 - the folder stays for `walstream stack down`, the message says so
             say(
-                f"  could not stop the secured stack: {type(exc).__name__}: {exc}; stop it with "
+                f"  could not stop the {kind} stack: {type(exc).__name__}: {exc}; stop it with "
                 f"WALSTREAM_STACK_DIR={local.stack_dir} walstream stack down, then remove {base}"
             )
         else:
@@ -975,12 +974,12 @@ def rate(n: int, seconds: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if not args.secure:
+    if not (args.secure or args.own_stack):
         endpoints, stack_pids = resolve_endpoints()
         return measure(args, endpoints, stack_pids)
-    with own_secured_stack() as (stack, started_s):
+    with own_stack(args.secure) as (stack, started_s):
         figures = measure(args, stack.endpoints(), stack.pids(), stack_env=stack.client_env())
-        figures["own_secured_stack_startup_s"] = round(started_s, 1)
+        figures["own_stack_startup_s"] = round(started_s, 1)
         return figures
 
 
@@ -1207,13 +1206,16 @@ def print_report(f: dict[str, Any]) -> None:
         f"{f['workers']} worker process{'es' if f['workers'] > 1 else ''}, "
         f"~{f['avg_wal_record_bytes']:.0f} B per WAL record"
     )
+    kind = "secured" if f.get("security") else "open"
+    where = (
+        f"the bench's own {kind} stack (started in {f['own_stack_startup_s']:.0f} s, not measured)"
+        if "own_stack_startup_s" in f
+        else f"a {kind} stack"
+    )
     if f.get("security"):
-        where = (
-            f"the bench's own secured stack (started in {f['own_secured_stack_startup_s']:.0f} s, not measured)"
-            if "own_secured_stack_startup_s" in f
-            else "a secured stack"
-        )
         print(f"SECURED run on {where}; every client and raw bound: {f['security']}")
+    elif "own_stack_startup_s" in f:
+        print(f"open (not secured) run on {where}")
     print(f"{'measure':<48} {'entries/s':>12} {'seconds':>9}")
     print("-" * 71)
     for label, value in rows:
@@ -1299,6 +1301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start an own secured embedded stack (free ports, a folder under /tmp) and measure everything on it: "
         "Kafka TLS + SASL SCRAM, Cassandra TLS + password, Elasticsearch https + basic auth; stopped at the end",
+    )
+    parser.add_argument(
+        "--own-stack",
+        action="store_true",
+        help="like --secure but the own stack is open: the control that tells the cost of TLS and passwords from "
+        "that of a freshly started stack",
     )
     args = parser.parse_args(argv)
     if args.entries < 10:
