@@ -80,10 +80,15 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import logging.config
+
+    from streams.logs import logging_config
     from streams.metrics import Metrics
     from streams.worker.app import use_uvloop
     from streams.worker.process import Role, Worker, WorkerOptions
 
+    # Before any client exists: librdkafka logs from a producer's first moments too, and each line must be JSON.
+    logging.config.dictConfig(logging_config("INFO", args.log_format == "json"))
     use_uvloop()
 
     settings = load_settings()
