@@ -7,9 +7,11 @@ reports it. Only an answer that says "not like this" (credentials, TLS) stops a 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from cassandra import AuthenticationFailed, OperationTimedOut
 from cassandra.cluster import NoHostAvailable
@@ -29,6 +31,8 @@ SERVICES = ("kafka", "cassandra", "elasticsearch")
 
 
 def check_access(endpoints: Endpoints, services: Iterable[str] = SERVICES, timeout: float = 15.0) -> None:
+    services = list(services)
+    refuse_secrets_in_clear(endpoints, services)
     for service in services:
         if service == "kafka":
             check_kafka(endpoints.kafka, timeout)
@@ -38,6 +42,38 @@ def check_access(endpoints: Endpoints, services: Iterable[str] = SERVICES, timeo
             check_elasticsearch(endpoints, timeout)
         else:
             raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+
+
+def refuse_secrets_in_clear(endpoints: Endpoints, services: Iterable[str] = SERVICES) -> None:
+    """Refuse to send a password or an API key without TLS to anything but this machine. (Kafka's settings
+    refuse SASL without TLS already.)"""
+    services = set(services)
+    cassandra = endpoints.security.cassandra
+    clear = cassandra.password is not None and not cassandra.tls
+    if "cassandra" in services and clear and not _loopback(endpoints.cassandra_host):
+        raise AccessRefused(
+            f"WALSTREAM_CASSANDRA_PASSWORD would cross the network in the clear to {endpoints.cassandra_host}: "
+            f"set WALSTREAM_CASSANDRA_TLS=true (and WALSTREAM_CASSANDRA_CA_FILE)"
+        )
+    search = endpoints.security.elasticsearch
+    url = endpoints.elasticsearch_url
+    host = urlsplit(url).hostname or ""
+    clear = url.startswith("http://") and (search.password is not None or search.api_key is not None)
+    if "elasticsearch" in services and clear and not _loopback(host):
+        raise AccessRefused(
+            f"the Elasticsearch credentials would cross the network in the clear to {host}: use an https:// "
+            f"address in WALSTREAM_ELASTICSEARCH_URL"
+        )
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_kafka(kafka: Kafka, timeout: float = 15.0) -> None:

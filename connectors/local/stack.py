@@ -116,10 +116,11 @@ class LocalStack:
                 return result
             check_ports_free({k: v for svc in to_start for k, v in svc.ports().items()})
             self._check_disk()
-            _record_security(self.settings.stack_dir, self.secure)
             if self.secure:
                 ensure_secrets(self.settings.stack_dir)
                 self._progress(f"secured stack: certificates and passwords in {self.secrets.dir}")
+            # Only once the secrets exist: a first secured start that cannot make them leaves the folder open.
+            _record_security(self.settings.stack_dir, self.secure)
             cache = ArtifactCache(self.settings.cache_dir, self._progress)
             for svc in to_start:
                 svc.fetch(cache)
