@@ -39,7 +39,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -165,16 +164,6 @@ def resolve_endpoints() -> tuple[Endpoints, dict[str, int]]:
     return stack.endpoints(), pids
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (the OS hands them out); ``LocalStack.up`` checks them again."""
-    ports: set[int] = set()
-    while len(ports) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.add(sock.getsockname()[1])
-    return sorted(ports)
-
-
 @contextlib.contextmanager
 def own_stack(secure: bool) -> Iterator[tuple[LocalStack, float]]:
     """An embedded stack of the bench's own on free ports in a fresh folder under /tmp; the shared stack is not
@@ -182,32 +171,20 @@ def own_stack(secure: bool) -> Iterator[tuple[LocalStack, float]]:
     ``--own-stack`` alone: open, the control for ``--secure`` (just as freshly started, next to the same load).
     Yields the stack and how long it took to start. Always stopped by its own ``down()`` and its folder removed,
     also after an error or Ctrl-C."""
-    from connectors.local.stack import LocalStack
+    from connectors.local.stack import LocalStack, scratch_settings
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         raise BenchError(str(exc)) from None
-    # Not under a private temp folder: Elasticsearch runs as an unprivileged user when root starts the stack, and
-    # that user has to reach the folder. The artifact cache (and heaps, Java) come from the usual settings.
     kind = "secured" if secure else "open"
-    base = Path(tempfile.mkdtemp(prefix=f"walstream-bench-{kind}-"))
-    base.chmod(0o755)
-    kafka, controller, cassandra, storage, es, transport = free_ports(6)
-    local = settings.local.model_copy(
-        update={
-            "stack_dir": base / "stack",
-            "secure": secure,
-            "kafka_port": kafka,
-            "kafka_controller_port": controller,
-            "cassandra_port": cassandra,
-            "cassandra_storage_port": storage,
-            "elasticsearch_port": es,
-            "elasticsearch_transport_port": transport,
-        }
-    )
+    local = scratch_settings(settings.local, secure, prefix=f"walstream-bench-{kind}-")
+    base = local.stack_dir.parent
     stack = LocalStack(local, progress=lambda message: say(f"  [own stack] {message}"))
-    say(f"starting the bench's own {kind} stack in {base} (Kafka {kafka}, Cassandra {cassandra}, Elasticsearch {es})")
+    say(
+        f"starting the bench's own {kind} stack in {base} (Kafka {local.kafka_port}, Cassandra {local.cassandra_port}, "
+        f"Elasticsearch {local.elasticsearch_port})"
+    )
     started = time.monotonic()
     try:
         stack.up()

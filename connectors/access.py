@@ -7,10 +7,11 @@ reports it. Only an answer that says "not like this" (credentials, TLS) stops a 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from cassandra import AuthenticationFailed, OperationTimedOut
@@ -25,7 +26,6 @@ from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
 from connectors.endpoints import AccessRefused, Endpoints, Kafka, kafka_access
 from connectors.kafka.config import admin_config
-from streams.config import KafkaProtocol
 
 SERVICES = ("kafka", "cassandra", "elasticsearch")
 
@@ -87,8 +87,10 @@ def check_kafka(kafka: Kafka, timeout: float = 15.0) -> None:
         admin.list_topics(timeout=timeout)
     except KafkaException:
         admin.poll(0.5)  # error callbacks are served by poll, not by list_topics
-        why = _kafka_refusal(access.bootstrap, access.security.protocol, access.security.username, errors)
-        if why is None and not access.security.tls and any(_speaks_tls(b) for b in access.bootstrap.split(",")):
+        # Probed once, and only when an answer needs it: does the listener speak TLS?
+        speaks_tls = functools.cache(lambda: any(_speaks_tls(b) for b in access.bootstrap.split(",")))
+        why = _kafka_refusal(access.bootstrap, access.security.username, errors, speaks_tls)
+        if why is None and not access.security.tls and speaks_tls():
             # A TLS listener drops a plaintext client without a word: librdkafka sees only its brokers down.
             why = (
                 f"Kafka at {access.bootstrap} speaks TLS and this client does not: set "
@@ -99,7 +101,7 @@ def check_kafka(kafka: Kafka, timeout: float = 15.0) -> None:
 
 
 def _kafka_refusal(
-    bootstrap: str, protocol: KafkaProtocol, username: str | None, errors: list[KafkaError]
+    bootstrap: str, username: str | None, errors: list[KafkaError], speaks_tls: Callable[[], bool]
 ) -> str | None:
     for error in errors:
         text = error.str()
@@ -108,7 +110,7 @@ def _kafka_refusal(
                 f"Kafka at {bootstrap} refused user {username!r}: check WALSTREAM_KAFKA_USERNAME and "
                 f"WALSTREAM_KAFKA_PASSWORD (or _PASSWORD_FILE), and WALSTREAM_KAFKA_SASL_MECHANISM"
             )
-        if "PLAINTEXT broker listener" in text and not any(_speaks_tls(b) for b in bootstrap.split(",")):
+        if "PLAINTEXT broker listener" in text and not speaks_tls():
             # librdkafka says this of any disconnect during a TLS handshake (a restarting broker too): only a
             # listener that does not speak TLS makes it a refusal.
             return (
@@ -144,6 +146,7 @@ def check_cassandra(endpoints: Endpoints, timeout: float = 15.0) -> None:
 
 
 def _cassandra_refusal(where: str, username: str | None, tls: bool, errors: list[object]) -> str | None:
+    speaks_tls = functools.cache(lambda: _speaks_tls(where))
     for error in errors:
         text = str(error)
         if isinstance(error, AuthenticationFailed) or "Authentication" in text or "requires authentication" in text:
@@ -161,7 +164,7 @@ def _cassandra_refusal(where: str, username: str | None, tls: bool, errors: list
                 f"TLS with Cassandra at {where} failed ({_first_line(text)}): check WALSTREAM_CASSANDRA_CA_FILE "
                 f"and WALSTREAM_CASSANDRA_VERIFY_HOSTNAME"
             )
-        if not tls and _speaks_tls(where):
+        if not tls and speaks_tls():
             # A node that requires TLS drops a plaintext handshake without a word.
             return (
                 f"Cassandra at {where} speaks TLS and this client does not: set WALSTREAM_CASSANDRA_TLS=true and "
@@ -192,8 +195,7 @@ def check_elasticsearch(endpoints: Endpoints, timeout: float = 15.0) -> None:
             f"WALSTREAM_ELASTICSEARCH_CA_FILE or WALSTREAM_ELASTICSEARCH_FINGERPRINT"
         ) from None
     except TransportConnectionError:
-        address = url.split("://", 1)[-1].split("/", 1)[0]
-        if url.startswith("http://") and _speaks_tls(address):
+        if url.startswith("http://") and _speaks_tls(urlsplit(url).netloc.rpartition("@")[2]):
             raise AccessRefused(
                 f"Elasticsearch at {url} serves https: use an https:// address in WALSTREAM_ELASTICSEARCH_URL"
             ) from None

@@ -136,6 +136,16 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct ports nobody listens on right now (the OS hands them out); ``LocalStack.up`` checks them again."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.add(sock.getsockname()[1])
+    return sorted(ports)
+
+
 def check_ports_free(ports: Mapping[str, int]) -> None:
     """Raise PortInUse naming every taken port and its setting, before anything is started."""
     taken = {name: port for name, port in ports.items() if port_taken(port)}

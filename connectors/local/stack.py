@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,17 @@ from connectors.local.artifacts import ArtifactCache
 from connectors.local.credentials import StackSecrets, ensure_secrets, secrets_of
 from connectors.local.errors import DiskFull, StackError
 from connectors.local.java import JavaRuntime, find_java
-from connectors.local.process import alive, check_ports_free, is_ours, log_tail, members, port_open, spawn, stop
+from connectors.local.process import (
+    alive,
+    check_ports_free,
+    free_ports,
+    is_ours,
+    log_tail,
+    members,
+    port_open,
+    spawn,
+    stop,
+)
 from connectors.local.services import HOST, Service, all_services, describe_failure
 from streams.config import LocalStackSettings
 
@@ -335,6 +346,28 @@ def _recorded_security(stack_dir: Path) -> bool | None:
     if any((stack_dir / name / "data").exists() for name in SERVICE_NAMES):
         return False
     return None
+
+
+def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) -> LocalStackSettings:
+    """The settings of a stack of its own (a bench's, a test's): a fresh folder under /tmp and free ports, the
+    rest (cache, heaps, Java) as ``settings`` say. The folder is not under a private temp folder because
+    Elasticsearch runs as an unprivileged user when root starts the stack, and that user has to reach it. The
+    caller removes ``stack_dir.parent`` once the stack is down."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    kafka, controller, cassandra, storage, es, transport = free_ports(6)
+    return settings.model_copy(
+        update={
+            "stack_dir": base / "stack",
+            "secure": secure,
+            "kafka_port": kafka,
+            "kafka_controller_port": controller,
+            "cassandra_port": cassandra,
+            "cassandra_storage_port": storage,
+            "elasticsearch_port": es,
+            "elasticsearch_transport_port": transport,
+        }
+    )
 
 
 def _record_security(stack_dir: Path, secure: bool) -> None:

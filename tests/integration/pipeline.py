@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,46 @@ class WorkerProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class ApiRun:
+    """A `walstream api` process: the port it serves on, and its output (all of it once the process stopped)."""
+
+    port: int
+    lines: list[str]
+
+
+@contextmanager
+def api_process(env: dict[str, str]) -> Iterator[ApiRun]:
+    """Run `walstream api --port 0` with ``env``; yields once it says where it serves, stops it by its own pid."""
+    api = subprocess.Popen(
+        [sys.executable, "-m", "streams", "api", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert api.stdout is not None
+        for line in api.stdout:
+            lines.append(line)
+            if "walstream API serving on" in line:
+                yield ApiRun(int(line.rsplit(":", 1)[1]), lines)
+                break
+        else:
+            raise AssertionError("the API exited before serving:\n" + "".join(lines))
+    finally:
+        api.terminate()
+        try:
+            rest, _ = api.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            rest, _ = api.communicate(timeout=30)
+        lines.append(rest or "")
 
 
 def model_of(entries: Iterable[WalEntry]) -> dict[str, dict[str, Any] | None]:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from connectors.endpoints import Endpoints
-from tests.integration.pipeline import REPO
+from tests.integration.pipeline import api_process
 from tests.integration.test_api_harness import (
     drop_created_topics,  # noqa: F401 - an autouse fixture
     write_namespace,
@@ -24,42 +20,14 @@ from tests.integration.test_api_harness import (
 pytestmark = pytest.mark.integration
 
 
-@contextmanager
-def _api(endpoints: Endpoints, folder: Path, **settings: str) -> Iterator[tuple[int, list[str]]]:
-    """A `walstream api` process; yields its port once it serves, and the lines it printed until then."""
-    env = {
+def _env(endpoints: Endpoints, folder: Path, **settings: str) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
         "WALSTREAM_STACK_MODE": "external",
         "WALSTREAM_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "WALSTREAM_NAMESPACE_DIR": str(folder),
         **settings,
     }
-    api = subprocess.Popen(
-        [sys.executable, "-m", "streams", "api", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        assert api.stdout is not None
-        for line in api.stdout:
-            lines.append(line)
-            if "walstream API serving on" in line:
-                yield int(line.rsplit(":", 1)[1]), lines
-                break
-        else:
-            raise AssertionError("the API exited before serving:\n" + "".join(lines))
-    finally:
-        api.terminate()
-        try:
-            api.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.wait(timeout=30)
 
 
 def _listening_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -95,7 +63,8 @@ def _outward_address() -> str | None:
 
 def test_by_default_the_api_listens_on_loopback_only(endpoints: Endpoints, tmp_path: Path) -> None:
     write_namespace(tmp_path, endpoints.kafka_bootstrap)
-    with _api(endpoints, tmp_path) as (port, lines):
+    with api_process(_env(endpoints, tmp_path)) as api:
+        port, lines = api.port, api.lines
         addresses = _listening_addresses(port)
         assert addresses and all(a.is_loopback for a in addresses), addresses
         with socket.create_connection(("127.0.0.1", port), timeout=10):
@@ -109,7 +78,8 @@ def test_by_default_the_api_listens_on_loopback_only(endpoints: Endpoints, tmp_p
 
 def test_plaintext_beyond_loopback_is_a_warning_at_start(endpoints: Endpoints, tmp_path: Path) -> None:
     write_namespace(tmp_path, endpoints.kafka_bootstrap)
-    with _api(endpoints, tmp_path, WALSTREAM_API_HOST="0.0.0.0") as (port, lines):
+    with api_process(_env(endpoints, tmp_path, WALSTREAM_API_HOST="0.0.0.0")) as api:
+        port, lines = api.port, api.lines
         addresses = _listening_addresses(port)
         assert addresses and all(a.is_unspecified for a in addresses), addresses
         warnings = [line for line in lines if '"warning"' in line and "plaintext" in line]

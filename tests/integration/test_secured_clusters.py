@@ -4,6 +4,7 @@ client without TLS. The test runs its own secured stack on free ports in a folde
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -12,7 +13,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +32,7 @@ from connectors.access import check_access
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
 from connectors.endpoints import AccessRefused, Endpoints
-from connectors.local.stack import LocalStack
+from connectors.local.stack import LocalStack, scratch_settings
 from streams.client.grpc import WalClient, write_request
 from streams.client.sdk import SyncWalWriter
 from streams.config import KafkaSecurity, Settings, StackMode, load_settings
@@ -42,10 +42,10 @@ from tests.integration.pipeline import (
     REPO,
     ScratchNamespace,
     WorkerProcess,
+    api_process,
     cassandra_rows,
     create_namespace,
     es_docs,
-    free_port,
     wait_until,
 )
 
@@ -59,34 +59,12 @@ def _say(message: str) -> None:
     print(f"[secure stack] {message}", file=sys.stderr, flush=True)
 
 
-def _free_ports(count: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_port())
-    return sorted(ports)
-
-
 @pytest.fixture(scope="module")
 def stack(settings: Settings) -> Iterator[LocalStack]:
     if settings.mode is not StackMode.LOCAL:
         pytest.skip(f"the secured embedded stack does not apply in {settings.mode.value} mode")
-    # Not under pytest's tmp folder: Elasticsearch runs as an unprivileged user when root starts the stack, and
-    # that user has to reach the folder.
-    base = Path(tempfile.mkdtemp(prefix="walstream-secure-test-"))
-    base.chmod(0o755)
-    kafka, controller, cassandra, storage, es, transport = _free_ports(6)
-    local = settings.local.model_copy(
-        update={
-            "stack_dir": base / "stack",
-            "secure": True,
-            "kafka_port": kafka,
-            "kafka_controller_port": controller,
-            "cassandra_port": cassandra,
-            "cassandra_storage_port": storage,
-            "elasticsearch_port": es,
-            "elasticsearch_transport_port": transport,
-        }
-    )
+    local = scratch_settings(settings.local, secure=True, prefix="walstream-secure-test-")
+    base = local.stack_dir.parent
     secured = LocalStack(local, progress=_say)
     try:
         secured.up()
@@ -265,16 +243,6 @@ def _run_env(stack: LocalStack, ns: ScratchNamespace) -> dict[str, str]:
     }
 
 
-def _serving(api: subprocess.Popen[str], lines: list[str]) -> int:
-    """Read the API's output until it says where it serves; the port."""
-    assert api.stdout is not None
-    for line in api.stdout:
-        lines.append(line)
-        if "walstream API serving on" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise AssertionError("the API exited before serving:\n" + "".join(lines))
-
-
 def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tmp_path: Path) -> None:
     """The SDK and `walstream api` write, a worker applies to Cassandra and Elasticsearch, `walstream cdc tail`
     reads the change events: all with TLS and passwords, and none of the passwords in any of their logs."""
@@ -285,17 +253,9 @@ def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tm
     session = new_cluster(endpoints.cassandra_host, endpoints.cassandra_port, security=security.cassandra).connect()
     es = new_client(endpoints.elasticsearch_url, security.elasticsearch, request_timeout=30)
     worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", env=env).start()
-    api_log: list[str] = []
-    api = subprocess.Popen(
-        [sys.executable, "-m", "streams", "api", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    running = contextlib.ExitStack()
     try:
+        api = running.enter_context(api_process(env))
         writer = SyncWalWriter(endpoints.kafka, {ns.name: ns.namespace})
         try:
             sdk = [
@@ -305,8 +265,7 @@ def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tm
             assert all(f.result(60).ok for f in sdk)
         finally:
             writer.close()
-        port = _serving(api, api_log)
-        with WalClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+        with WalClient(f"127.0.0.1:{api.port}", timeout_s=30) as client:
             for i in range(50):
                 request = write_request(ns.name, f"api-{i}", "UPSERT", {"color": "blue", "qty": i})
                 assert client.write_to_log(request).durable is Durable.TRUE
@@ -339,13 +298,7 @@ def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tm
         events = [json.loads(line) for line in tail.stdout.splitlines()]
         assert sorted(e["key"] for e in events) == sorted(expected), tail.stderr
     finally:
-        api.terminate()
-        try:
-            rest, _ = api.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            rest, _ = api.communicate(timeout=30)
-        api_log.append(rest or "")
+        running.close()  # the API, stopped by its own pid; its whole output is in api.lines
         worker.stop()
         ns.drop(session, es)
         session.cluster.shutdown()
@@ -353,7 +306,7 @@ def test_the_pipeline_runs_end_to_end_on_the_secured_stack(stack: LocalStack, tm
     passwords = [stack.secrets.password(p) for p in stack.secrets.dir.glob("*.password")]
     for name, text in (
         ("worker", worker.log.read_text(errors="replace")),
-        ("api", "".join(api_log)),
+        ("api", "".join(api.lines)),
         ("cdc tail", tail.stdout + tail.stderr),
     ):
         assert text.strip(), f"the {name} logged nothing: the grep below would prove nothing"
