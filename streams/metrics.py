@@ -105,6 +105,28 @@ class Metrics:
             "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r
         )
 
+        # -- the API process (`walstream api`) --
+        #: Calls answered, by method and gRPC status code name (a WriteStream entry counts as one call of
+        #: "WriteStream" with its own code; the stream itself is not counted here).
+        self.api_calls = Counter(
+            "walstream_api_calls_total", "API calls answered, by method and status code", ["method", "code"],
+            registry=r,
+        )  # fmt: skip
+        #: Seconds from a call's (or a stream entry's) arrival to its answer.
+        self.api_latency = Histogram(
+            "walstream_api_call_seconds",
+            "API call latency, arrival to answer",
+            ["method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 35),
+            registry=r,
+        )
+        #: Calls and stream entries accepted and not answered yet.
+        self.api_in_flight = Gauge("walstream_api_in_flight", "API calls and stream entries in flight", registry=r)
+        #: Calls and stream entries refused with RESOURCE_EXHAUSTED because the in-flight limit was reached.
+        self.api_shed = Counter("walstream_api_shed_total", "API calls shed at the in-flight limit", ["method"], registry=r)
+        #: 1 while the API's producer reaches Kafka (its metadata answers), 0 while it does not.
+        self.api_kafka_up = Gauge("walstream_api_kafka_up", "Whether the API's producer reaches Kafka", registry=r)
+
     def child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds its key on every call,
         which adds up on the per-entry path. A child is created on first use, exactly as ``labels()`` does."""
