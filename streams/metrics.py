@@ -123,7 +123,9 @@ class Metrics:
         #: Calls and stream entries accepted and not answered yet.
         self.api_in_flight = Gauge("walstream_api_in_flight", "API calls and stream entries in flight", registry=r)
         #: Calls and stream entries refused with RESOURCE_EXHAUSTED because the in-flight limit was reached.
-        self.api_shed = Counter("walstream_api_shed_total", "API calls shed at the in-flight limit", ["method"], registry=r)
+        self.api_shed = Counter(
+            "walstream_api_shed_total", "API calls shed at the in-flight limit", ["method"], registry=r
+        )
         #: 1 while the API's producer reaches Kafka (its metadata answers), 0 while it does not.
         self.api_kafka_up = Gauge("walstream_api_kafka_up", "Whether the API's producer reaches Kafka", registry=r)
 

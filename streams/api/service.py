@@ -29,6 +29,7 @@ from streams.api.messages import (
 from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
+from streams.metrics import Metrics
 from streams.model import BatchInfo, Op, WalEntry
 from streams.namespaces import Namespace
 from streams.ports import Delivery, Durable
@@ -95,8 +96,10 @@ class WalService:
         batches: BatchWriter,
         tokens: Identifies | None = None,
         options: ServiceOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.options = options or ServiceOptions()
+        self.metrics = metrics or Metrics()
         self._validator = RequestValidator(namespaces, self.options.limits)
         self._writer = writer
         self._batches = batches
@@ -125,32 +128,46 @@ class WalService:
 
     async def write_to_log(self, data: bytes, context: Context) -> bytes:
         return await self._call(
-            data, context, messages.decode_write_request, self._write_to_log, messages.encode_write_response
-        )
+            "WriteToLog", data, context, messages.decode_write_request, self._write_to_log,
+            messages.encode_write_response,
+        )  # fmt: skip
 
     async def write_batch(self, data: bytes, context: Context) -> bytes:
         return await self._call(
-            data, context, messages.decode_batch_request, self._write_batch, messages.encode_batch_response
-        )
+            "WriteBatch", data, context, messages.decode_batch_request, self._write_batch,
+            messages.encode_batch_response,
+        )  # fmt: skip
 
     async def bulk_delete(self, data: bytes, context: Context) -> bytes:
         return await self._call(
-            data, context, messages.decode_bulk_delete_request, self._bulk_delete, messages.encode_bulk_delete_response
-        )
+            "BulkDelete", data, context, messages.decode_bulk_delete_request, self._bulk_delete,
+            messages.encode_bulk_delete_response,
+        )  # fmt: skip
+
+    def _answered(self, method: str, code: str, started: float) -> None:
+        metrics = self.metrics
+        metrics.child(metrics.api_calls, method, code).inc()
+        metrics.child(metrics.api_latency, method).observe(time.perf_counter() - started)
 
     async def _call(
         self,
+        method: str,
         data: bytes,
         context: Context,
         decode: Callable[[bytes], Req],
         handle: Callable[[Req, Caller, Mapping[str, str]], Awaitable[Resp]],
         encode: Callable[[Resp], bytes],
     ) -> bytes:
+        started = time.perf_counter()
+        metrics = self.metrics
         if not self.limiter.try_acquire():
+            metrics.child(metrics.api_shed, method).inc()
+            self._answered(method, "RESOURCE_EXHAUSTED", started)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.limiter.limit} calls are in flight, the server's limit; retry with backoff",
             )
+        metrics.api_in_flight.inc()
         rejection: Rejection | None = None
         try:
             metadata = _metadata(context)
@@ -160,13 +177,17 @@ class WalService:
                 raise invalid("", str(exc)) from None
             caller = self._tokens.identify(metadata.get("authorization"))
             headers = {name: metadata[name] for name in TRACE_METADATA if name in metadata}
-            return encode(await handle(request, caller, headers))
+            answer = encode(await handle(request, caller, headers))
+            self._answered(method, "OK", started)
+            return answer
         except Rejected as exc:
             rejection = exc.rejection
         except Exception:
             log.exception("internal error in a WalService call")
         finally:
             self.limiter.release()
+            metrics.api_in_flight.dec()
+        self._answered(method, "INTERNAL" if rejection is None else rejection.code.value, started)
         if rejection is None:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
         await context.abort(
