@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError as _ProtoDecodeError
 from google.protobuf.message import EncodeError as _ProtoEncodeError
 
 from streams.api.codegen import load_wal_messages
+from streams.api.rejections import RejectCode, Rejection
 from streams.model import Op
 from streams.ports import Delivery, Durable
 
@@ -19,6 +20,7 @@ SERVICE_NAME: str = _pb.DESCRIPTOR.services_by_name["WalService"].full_name
 WRITE_TO_LOG = f"/{SERVICE_NAME}/WriteToLog"
 WRITE_BATCH = f"/{SERVICE_NAME}/WriteBatch"
 BULK_DELETE = f"/{SERVICE_NAME}/BulkDelete"
+WRITE_STREAM = f"/{SERVICE_NAME}/WriteStream"
 
 #: Wire values of the Op enum (0 is OP_UNSPECIFIED, which is refused).
 OP_CODES: dict[Op, int] = {Op.UPSERT: 1, Op.DELETE: 2}
@@ -319,3 +321,87 @@ def encode_bulk_delete_response(response: BulkDeleteResponse) -> bytes:
 def decode_bulk_delete_response(data: bytes) -> BulkDeleteResponse:
     m = _parse(_pb.BulkDeleteResponse, data)
     return BulkDeleteResponse(_durable_from(m.durable), m.message, _acks_from(m.entries), m.stored)
+
+
+# -- WriteStream -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAnswer:
+    """The answer to one entry of a WriteStream: its durable answer, or the rejection that kept it from the log."""
+
+    request_id: int
+    delivery: Delivery | None = None
+    rejection: Rejection | None = None
+
+
+def decode_stream_request(data: bytes) -> tuple[int, WriteRequest]:
+    """The request id and the entry of a WriteStreamRequest."""
+    m = _parse(_pb.WriteStreamRequest, data)
+    e = m.entry
+    entry = WriteRequest(
+        namespace=e.namespace,
+        key=e.key,
+        op=int(e.op),
+        payload=bytes(e.payload),
+        targets=tuple(e.targets),
+        idempotency_key=e.idempotency_key,
+        sequence=e.sequence if e.HasField("sequence") else None,
+        lifecycle=_lifecycle_from(e.lifecycle),
+    )
+    return int(m.request_id), entry
+
+
+def encode_stream_request(request_id: int, request: WriteRequest) -> bytes:
+    m = _pb.WriteStreamRequest(request_id=request_id)
+    e = m.entry
+    e.namespace = request.namespace
+    e.key = request.key
+    e.op = request.op
+    e.payload = request.payload
+    e.targets.extend(request.targets)
+    e.idempotency_key = request.idempotency_key
+    lifecycle = request.lifecycle
+    if lifecycle.original_write_time_us or lifecycle.delay_ms or lifecycle.jitter_ms:
+        e.lifecycle.original_write_time_us = lifecycle.original_write_time_us
+        e.lifecycle.delay_ms = lifecycle.delay_ms
+        e.lifecycle.jitter_ms = lifecycle.jitter_ms
+    if request.sequence is not None:
+        e.sequence = request.sequence
+    return _serialize(m)
+
+
+def encode_stream_answer(answer: StreamAnswer) -> bytes:
+    m = _pb.WriteStreamResponse(request_id=answer.request_id)
+    if answer.delivery is not None:
+        d = answer.delivery
+        a = m.answer
+        a.durable = _DURABLE_CODES[d.durable]
+        a.message = d.message
+        a.entry_id = d.entry_id
+        a.partition = d.partition
+        a.offset = d.offset
+    elif answer.rejection is not None:
+        r = answer.rejection
+        m.rejection.code = r.code.value
+        m.rejection.field = r.field
+        m.rejection.message = r.message
+    return _serialize(m)
+
+
+def decode_stream_answer(data: bytes) -> StreamAnswer:
+    m = _parse(_pb.WriteStreamResponse, data)
+    if m.HasField("rejection"):
+        r = m.rejection
+        try:
+            code = RejectCode(r.code)
+        except ValueError:
+            raise MalformedMessage(f"rejection code {r.code!r} is not one this client knows") from None
+        return StreamAnswer(int(m.request_id), rejection=Rejection(code, r.field, r.message))
+    if not m.HasField("answer"):
+        raise MalformedMessage("a WriteStreamResponse carries neither an answer nor a rejection")
+    a = m.answer
+    delivery = Delivery(
+        _durable_from(a.durable), a.message, partition=a.partition, offset=a.offset, entry_id=a.entry_id
+    )
+    return StreamAnswer(int(m.request_id), delivery=delivery)

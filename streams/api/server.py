@@ -44,6 +44,8 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (tests)
     max_in_flight: int = 256
+    #: WriteStream: entries one stream may have awaiting answers before the server stops reading it.
+    stream_window: int = 128
     tokens_file: Path | None = None
     tls: TlsFiles | None = None
     #: Shutdown waits this long for calls in flight before cancelling them.
@@ -96,6 +98,7 @@ class RunningServer:
         if self._watch is not None:
             self._watch.cancel()
         await self._health.enter_graceful_shutdown()  # load balancers stop routing here first
+        self.service.begin_shutdown()  # open streams: new entries are sent back, the accepted ones answered
         await self.server.stop(self._grace_s if grace_s is None else grace_s)
         loop = asyncio.get_running_loop()
         pending: int = await loop.run_in_executor(None, self._writer.close, 30.0)
@@ -132,6 +135,7 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
         tokens,
         ServiceOptions(
             max_in_flight=options.max_in_flight,
+            stream_window=options.stream_window,
             ack_timeout_s=options.ack_timeout_s,
             idempotency_ttl_s=options.idempotency_ttl_s,
             idempotency_max_keys=options.idempotency_max_keys,

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -23,11 +23,13 @@ from streams.api.messages import (
     BulkDeleteResponse,
     EntryAck,
     MalformedMessage,
+    StreamAnswer,
     WriteRequest,
     op_of,
 )
-from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
+from streams.api.rejections import FIELD_METADATA, RejectCode, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
+from streams.api.stream import EntryStream
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
 from streams.metrics import Metrics
 from streams.model import BatchInfo, Op, WalEntry
@@ -40,6 +42,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[bytes, bytes]
 
+STREAM = "WriteStream"
 #: Call metadata copied into each entry's headers, so traces continue through the log.
 TRACE_METADATA = ("traceparent", "tracestate")
 
@@ -52,6 +55,8 @@ class ServiceOptions:
     idempotency_ttl_s: float = 600.0
     idempotency_max_keys: int = 100_000
     limits: Limits = field(default_factory=Limits)
+    #: WriteStream: entries of one stream read but not answered yet (answers not yet taken by gRPC included).
+    stream_window: int = 128
 
 
 #: Called after each entry of a batch is handed to the producer, with its index; raising aborts the batch.
@@ -114,6 +119,7 @@ class WalService:
         self.before_write: Callable[[], Awaitable[None]] | None = None
         #: called after each entry of a batch is produced; raising aborts the transaction.
         self.batch_fault: BatchFault | None = None
+        self._closing = False
 
     # -- gRPC plumbing -----------------------------------------------------------------------------------------------
 
@@ -123,6 +129,7 @@ class WalService:
             "WriteToLog": grpc.unary_unary_rpc_method_handler(self.write_to_log),
             "WriteBatch": grpc.unary_unary_rpc_method_handler(self.write_batch),
             "BulkDelete": grpc.unary_unary_rpc_method_handler(self.bulk_delete),
+            "WriteStream": grpc.stream_stream_rpc_method_handler(self.write_stream),
         }
         return grpc.method_handlers_generic_handler(messages.SERVICE_NAME, methods)
 
@@ -143,6 +150,57 @@ class WalService:
             "BulkDelete", data, context, messages.decode_bulk_delete_request, self._bulk_delete,
             messages.encode_bulk_delete_response,
         )  # fmt: skip
+
+    async def write_stream(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        metadata = _metadata(context)
+        headers = {name: metadata[name] for name in TRACE_METADATA if name in metadata}
+        stream = EntryStream(
+            self._stream_entry,
+            context,
+            self.options.stream_window,
+            metadata.get("authorization"),
+            headers,
+            lambda: self._closing,
+        )
+        await stream.run(requests)
+
+    def begin_shutdown(self) -> None:
+        """From now on, entries arriving on open streams are answered UNAVAILABLE (never written), so their
+        clients send them again elsewhere while the entries already accepted are answered."""
+        self._closing = True
+
+    async def _stream_entry(
+        self, request_id: int, request: WriteRequest, authorization: str | None, headers: Mapping[str, str]
+    ) -> StreamAnswer:
+        """One entry of a WriteStream, with everything a WriteToLog call gets: the in-flight limit,
+        authentication (per entry, so a revoked token stops a stream's writes), validation, authorization and
+        the idempotency key; the answer carries the entry's rejection instead of ending the stream."""
+        started = time.perf_counter()
+        metrics = self.metrics
+        if not self.limiter.try_acquire():
+            metrics.child(metrics.api_shed, STREAM).inc()
+            self._answered(STREAM, "RESOURCE_EXHAUSTED", started)
+            message = f"{self.limiter.limit} calls and stream entries are in flight, the server's limit; retry later"
+            return StreamAnswer(request_id, rejection=Rejection(RejectCode.RESOURCE_EXHAUSTED, "", message))
+        metrics.api_in_flight.inc()
+        code = "OK"
+        try:
+            caller = self._tokens.identify(authorization)
+            return StreamAnswer(request_id, delivery=await self._write_to_log(request, caller, headers))
+        except Rejected as exc:
+            code = exc.rejection.code.value
+            return StreamAnswer(request_id, rejection=exc.rejection)
+        except Exception:
+            log.exception("internal error writing a WriteStream entry")
+            code = "INTERNAL"
+            return StreamAnswer(
+                request_id, delivery=Delivery(Durable.UNKNOWN, "internal error; the server logged it; resend the "
+                                              "entry with the same idempotency key")
+            )  # fmt: skip
+        finally:
+            self.limiter.release()
+            metrics.api_in_flight.dec()
+            self._answered(STREAM, code, started)
 
     def _answered(self, method: str, code: str, started: float) -> None:
         metrics = self.metrics
