@@ -65,6 +65,7 @@ class Figure:
     seconds: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float = float("nan")
 
     @property
     def per_second(self) -> float:
@@ -80,7 +81,12 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 def figure(name: str, latencies_s: Sequence[float], seconds: float) -> Figure:
     return Figure(
-        name, len(latencies_s), seconds, percentile(latencies_s, 0.5) * 1e3, percentile(latencies_s, 0.99) * 1e3
+        name,
+        len(latencies_s),
+        seconds,
+        percentile(latencies_s, 0.5) * 1e3,
+        percentile(latencies_s, 0.99) * 1e3,
+        percentile(latencies_s, 0.999) * 1e3,
     )
 
 
@@ -284,6 +290,80 @@ async def api_closed(target: str, requests: Sequence[bytes], concurrency: int, d
     return figure(f"api max ({concurrency} in flight)", latencies, elapsed)
 
 
+def _stream_requests(ns: Namespace, payload: bytes, count: int) -> list[tuple[int, bytes]]:
+    """Pre-encoded WriteStream entries (request id = index + 1), so the client's own cost stays small."""
+    from streams.api import messages
+    from streams.client.grpc import write_request
+
+    return [
+        (i + 1, messages.encode_stream_entry(i + 1, write_request(ns.name, f"stream-{i}", "UPSERT", payload)))
+        for i in range(count)
+    ]
+
+
+async def api_stream(target: str, requests: Sequence[tuple[int, bytes]], concurrency: int, duration_s: float,
+                     warmup_s: float, channels: int) -> Figure:  # fmt: skip
+    """WriteStream, closed loop: ``concurrency`` entries in flight in total, spread over one stream per channel;
+    each answer lets the next entry go. Like the SDK's client, the entries that may go at the same moment go in
+    one message."""
+    import grpc
+
+    from streams.api import messages
+
+    pool = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    latencies: list[float] = []
+    problems: list[str] = []
+    measuring_from = time.perf_counter() + warmup_s
+    stop_at = measuring_from + duration_s
+
+    async def one_stream(index: int, in_flight: int) -> None:
+        call = pool[index].stream_stream(messages.WRITE_STREAM)(timeout=duration_s + warmup_s + 60)
+        free = in_flight
+        room = asyncio.Event()
+        room.set()
+        sent_at: dict[int, float] = {}
+        position = index
+
+        async def send() -> None:
+            nonlocal position, free
+            while time.perf_counter() < stop_at:
+                await room.wait()
+                parts = []
+                now = time.perf_counter()
+                while free:
+                    free -= 1
+                    request_id, data = requests[position % len(requests)]
+                    position += channels
+                    # Ids must be unique among a stream's entries awaiting answers: wrap-around is far beyond that.
+                    sent_at[request_id] = now
+                    parts.append(data)
+                room.clear()
+                await call.write(b"".join(parts))
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        async for data in call:
+            now = time.perf_counter()
+            for answer in messages.decode_stream_response(data):
+                started = sent_at.pop(answer.request_id)
+                free += 1
+                if answer.delivery is None or answer.delivery.durable is not Durable.TRUE:
+                    problems.append(str(answer.rejection or answer.delivery))
+                elif started >= measuring_from and now <= stop_at:
+                    latencies.append(now - started)
+            room.set()
+        await sender
+
+    shares = [concurrency // channels + (1 if i < concurrency % channels else 0) for i in range(channels)]
+    await asyncio.gather(*(one_stream(i, share) for i, share in enumerate(shares) if share))
+    elapsed = stop_at - measuring_from
+    for channel in pool:
+        await channel.close()
+    if problems:
+        raise BenchError(f"{len(problems)} stream entries were not durable, e.g. {problems[:3]}")
+    return figure(f"api stream ({concurrency} in flight)", latencies, elapsed)
+
+
 async def api_open(target: str, requests: Sequence[bytes], rate: float, duration_s: float, channels: int) -> Figure:
     import grpc
 
@@ -355,6 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             port = free_port()
             target = f"127.0.0.1:{port}"
             requests = _requests(ns, payload, 50_000)
+            stream_requests = _stream_requests(ns, payload, 100_000)
             with server_process(bootstrap, ns_file, port, max(args.concurrency * 2, 256)) as pid:
                 wait_serving(target)
                 cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
@@ -366,26 +447,44 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 figures.append(api_max)
                 half = api_max.per_second / 2
                 figures.append(asyncio.run(api_open(target, requests, half, args.duration, args.channels)))
+                cpu_before = cpu_seconds(pid)
+                stream = asyncio.run(
+                    api_stream(target, stream_requests, args.concurrency, args.duration, args.warmup, args.channels)
+                )
+                stream_cpu = cpu_seconds(pid) - cpu_before
+                figures.append(stream)
         finally:
             admin.delete_topics(ns.topics())
     raw_best, raw_like = figures[0], figures[1]
-    api_max, api_half = figures[2], figures[3]
-    print(f"\n{'':34} {'acks/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'acks':>8}")
+    api_max, api_half, stream = figures[2], figures[3], figures[4]
+    print(f"\n{'':38} {'acks/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'acks':>8}")
     for f in figures:
-        print(f"{f.name:34} {f.per_second:10.0f} {f.p50_ms:8.2f} {f.p99_ms:8.2f} {f.acks:8d}")
+        print(f"{f.name:38} {f.per_second:10.0f} {f.p50_ms:8.2f} {f.p99_ms:8.2f} {f.p999_ms:9.2f} {f.acks:8d}")
     ratio_max = api_max.per_second / raw_best.per_second
     ratio_like = api_max.per_second / raw_like.per_second
-    print(f"\napi max / raw max: {ratio_max:.3f}   api max / raw closed: {ratio_like:.3f}")
-    print(f"p99 at half load: {api_half.p99_ms:.2f} ms (p50 {api_half.p50_ms:.2f} ms)")
+    ratio_stream = stream.per_second / raw_like.per_second
+    print(f"\nunary api max / raw max: {ratio_max:.3f}   unary api max / raw closed: {ratio_like:.3f}")
+    print(f"WriteStream / raw closed (same {args.concurrency} in flight): {ratio_stream:.3f}")
+    print(
+        f"unary p99 at half load ({half:.0f}/s offered): {api_half.p99_ms:.2f} ms "
+        f"(p50 {api_half.p50_ms:.2f} ms, p99.9 {api_half.p999_ms:.2f} ms)"
+    )
     # The CPU was measured over warm-up plus measurement; the rate holds for both.
     per_write_us = server_cpu / max(api_max.per_second * (args.duration + args.warmup), 1) * 1e6
-    print(f"server process at max load: {server_busy:.0%} of one core; {per_write_us:.0f} us CPU per write")
+    per_entry_us = stream_cpu / max(stream.per_second * (args.duration + args.warmup), 1) * 1e6
+    print(f"server process at unary max load: {server_busy:.0%} of one core; {per_write_us:.0f} us CPU per write")
+    print(f"server CPU per WriteStream entry: {per_entry_us:.0f} us")
     result: dict[str, object] = {
         "figures": [{**asdict(f), "per_second": f.per_second} for f in figures],
         "ratio_api_to_raw_max": ratio_max,
         "ratio_api_to_raw_closed": ratio_like,
+        "ratio_stream_to_raw_closed": ratio_stream,
+        "half_load_rate": half,
         "p99_half_load_ms": api_half.p99_ms,
+        "p999_half_load_ms": api_half.p999_ms,
         "server_cores_busy_at_max": server_busy,
+        "server_cpu_us_per_unary_write": per_write_us,
+        "server_cpu_us_per_stream_entry": per_entry_us,
         "payload_bytes": len(payload),
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),

@@ -177,17 +177,7 @@ def _acks_to(acks: tuple[EntryAck, ...]) -> list[Any]:
 
 
 def decode_write_request(data: bytes) -> WriteRequest:
-    m = _parse(_pb.WriteToLogRequest, data)
-    return WriteRequest(
-        namespace=m.namespace,
-        key=m.key,
-        op=int(m.op),
-        payload=bytes(m.payload),
-        targets=tuple(m.targets),
-        idempotency_key=m.idempotency_key,
-        sequence=m.sequence if m.HasField("sequence") else None,
-        lifecycle=_lifecycle_from(m.lifecycle),
-    )
+    return _write_request_from(_parse(_pb.WriteToLogRequest, data))
 
 
 def encode_write_request(request: WriteRequest) -> bytes:
@@ -335,11 +325,8 @@ class StreamAnswer:
     rejection: Rejection | None = None
 
 
-def decode_stream_request(data: bytes) -> tuple[int, WriteRequest]:
-    """The request id and the entry of a WriteStreamRequest."""
-    m = _parse(_pb.WriteStreamRequest, data)
-    e = m.entry
-    entry = WriteRequest(
+def _write_request_from(e: Any) -> WriteRequest:
+    return WriteRequest(
         namespace=e.namespace,
         key=e.key,
         op=int(e.op),
@@ -349,12 +336,21 @@ def decode_stream_request(data: bytes) -> tuple[int, WriteRequest]:
         sequence=e.sequence if e.HasField("sequence") else None,
         lifecycle=_lifecycle_from(e.lifecycle),
     )
-    return int(m.request_id), entry
 
 
-def encode_stream_request(request_id: int, request: WriteRequest) -> bytes:
-    m = _pb.WriteStreamRequest(request_id=request_id)
-    e = m.entry
+def decode_stream_request(data: bytes) -> list[tuple[int, WriteRequest]]:
+    """The entries of a WriteStreamRequest, each with its request id, in the order they were sent."""
+    m = _parse(_pb.WriteStreamRequest, data)
+    return [(int(item.request_id), _write_request_from(item.entry)) for item in m.entries]
+
+
+def encode_stream_entry(request_id: int, request: WriteRequest) -> bytes:
+    """A WriteStreamRequest of one entry. Protobuf concatenates repeated fields, so ``b"".join`` of several of
+    these is the WriteStreamRequest of all their entries: a client encodes an entry once, when it is submitted."""
+    m = _pb.WriteStreamRequest()
+    item = m.entries.add()
+    item.request_id = request_id
+    e = item.entry
     e.namespace = request.namespace
     e.key = request.key
     e.op = request.op
@@ -372,10 +368,13 @@ def encode_stream_request(request_id: int, request: WriteRequest) -> bytes:
 
 
 def encode_stream_answer(answer: StreamAnswer) -> bytes:
-    m = _pb.WriteStreamResponse(request_id=answer.request_id)
+    """A WriteStreamResponse of one answer; like entries, answers concatenate into one response."""
+    m = _pb.WriteStreamResponse()
+    item = m.answers.add()
+    item.request_id = answer.request_id
     if answer.delivery is not None:
         d = answer.delivery
-        a = m.answer
+        a = item.answer
         a.durable = _DURABLE_CODES[d.durable]
         a.message = d.message
         a.entry_id = d.entry_id
@@ -383,25 +382,29 @@ def encode_stream_answer(answer: StreamAnswer) -> bytes:
         a.offset = d.offset
     elif answer.rejection is not None:
         r = answer.rejection
-        m.rejection.code = r.code.value
-        m.rejection.field = r.field
-        m.rejection.message = r.message
+        item.rejection.code = r.code.value
+        item.rejection.field = r.field
+        item.rejection.message = r.message
     return _serialize(m)
 
 
-def decode_stream_answer(data: bytes) -> StreamAnswer:
-    m = _parse(_pb.WriteStreamResponse, data)
-    if m.HasField("rejection"):
-        r = m.rejection
+def _stream_answer_from(item: Any) -> StreamAnswer:
+    if item.HasField("rejection"):
+        r = item.rejection
         try:
             code = RejectCode(r.code)
         except ValueError:
             raise MalformedMessage(f"rejection code {r.code!r} is not one this client knows") from None
-        return StreamAnswer(int(m.request_id), rejection=Rejection(code, r.field, r.message))
-    if not m.HasField("answer"):
-        raise MalformedMessage("a WriteStreamResponse carries neither an answer nor a rejection")
-    a = m.answer
+        return StreamAnswer(int(item.request_id), rejection=Rejection(code, r.field, r.message))
+    if not item.HasField("answer"):
+        raise MalformedMessage("a StreamAnswer carries neither an answer nor a rejection")
+    a = item.answer
     delivery = Delivery(
         _durable_from(a.durable), a.message, partition=a.partition, offset=a.offset, entry_id=a.entry_id
     )
-    return StreamAnswer(int(m.request_id), delivery=delivery)
+    return StreamAnswer(int(item.request_id), delivery=delivery)
+
+
+def decode_stream_response(data: bytes) -> list[StreamAnswer]:
+    """The answers of a WriteStreamResponse."""
+    return [_stream_answer_from(item) for item in _parse(_pb.WriteStreamResponse, data).answers]

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
@@ -31,6 +30,7 @@ from streams.api.rejections import FIELD_METADATA, RejectCode, Rejected, Rejecti
 from streams.api.shedding import InFlightLimiter
 from streams.api.stream import EntryStream
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
+from streams.ids import new_id
 from streams.metrics import Metrics
 from streams.model import BatchInfo, Op, WalEntry
 from streams.namespaces import Namespace
@@ -274,7 +274,7 @@ class WalService:
             entry = build_entry(
                 ns.name,
                 valid,
-                entry_id=derive_id(scope) if key else uuid.uuid4().hex,
+                entry_id=derive_id(scope) if key else new_id(),
                 write_time_us=write_time_us,
                 idempotency_key=key,
                 headers=headers,
@@ -313,7 +313,7 @@ class WalService:
         write_time, valid = self._validator.batch(ns, request, now)
         key = request.idempotency_key
         scope = self._scope("WriteBatch", ns, caller, key) if key else ""
-        batch_id = derive_id(scope) if key else uuid.uuid4().hex
+        batch_id = derive_id(scope) if key else new_id()
 
         async def attempt(write_time_us: int) -> BatchResponse:
             count = len(valid)
@@ -350,7 +350,7 @@ class WalService:
         now = _now_us()
         valid = self._validator.bulk_delete(ns, request, now)
         key = request.idempotency_key
-        scope = self._scope("BulkDelete", ns, caller, key) if key else uuid.uuid4().hex
+        scope = self._scope("BulkDelete", ns, caller, key) if key else new_id()
 
         async def attempt(write_time_us: int) -> BulkDeleteResponse:
             entries = bulk_delete_entries(

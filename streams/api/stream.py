@@ -23,6 +23,9 @@ from streams.api.rejections import RejectCode, Rejection
 
 log = logging.getLogger(__name__)
 
+#: Answers in one response message at most (about 80 bytes each: far below any client's message size limit).
+MAX_ANSWERS_PER_MESSAGE = 4096
+
 #: Answers one entry: (request id, entry, the stream's authorization metadata, trace headers) -> its answer.
 AnswerEntry = Callable[[int, WriteRequest, str | None, Mapping[str, str]], Awaitable[StreamAnswer]]
 
@@ -57,22 +60,17 @@ class EntryStream:
         with INVALID_ARGUMENT)."""
         sender = asyncio.create_task(self._send_answers())
         malformed = ""
+        window = self._window
         try:
-            entries = aiter(requests)
-            while True:
-                await self._window.acquire()
+            async for data in requests:
                 try:
-                    data = await anext(entries)
-                except StopAsyncIteration:
-                    self._window.release()
-                    break
-                try:
-                    request_id, request = messages.decode_stream_request(data)
+                    entries = messages.decode_stream_request(data)
                 except MalformedMessage as exc:
-                    self._window.release()
                     malformed = str(exc)
                     break
-                self._start(request_id, request)
+                for request_id, request in entries:
+                    await window.acquire()  # a full window stops the reading here
+                    self._start(request_id, request)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks))
             self._answers.put_nowait(None)
@@ -112,11 +110,21 @@ class EntryStream:
         self._answers.put_nowait(messages.encode_stream_answer(answer))
 
     async def _send_answers(self) -> None:
-        """The one task that writes answers (gRPC takes one write at a time); each written answer frees a slot."""
+        """The one task that writes answers (gRPC takes one write at a time). The answers settled while a write
+        was under way go together in the next message; each answer frees its entry's slot once written."""
         answers, write, window = self._answers, self._context.write, self._window
-        while True:
-            data = await answers.get()
-            if data is None:
+        ended = False
+        while not ended:
+            first = await answers.get()
+            if first is None:
                 return
-            await write(data)
-            window.release()
+            ready = [first]
+            while not answers.empty() and len(ready) < MAX_ANSWERS_PER_MESSAGE:
+                data = answers.get_nowait()
+                if data is None:
+                    ended = True
+                    break
+                ready.append(data)
+            await write(b"".join(ready))
+            for _ in ready:
+                window.release()

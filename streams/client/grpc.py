@@ -169,6 +169,21 @@ class _Outstanding:
         return len(waiting)
 
 
+#: Entries a client puts in one WriteStream message at most (those submitted while the previous one was sent).
+MAX_ENTRIES_PER_MESSAGE = 512
+
+
+def _message_of(ready: list[tuple[int, bytes]], out: _Outstanding) -> bytes:
+    """One WriteStreamRequest of the ready entries still awaited (each already encoded as a one-entry request;
+    they concatenate), marking them sent."""
+    parts = []
+    for request_id, data in ready:
+        if request_id in out.waiting:
+            out.sent.add(request_id)
+            parts.append(data)
+    return b"".join(parts)
+
+
 class _AsyncStream:
     """WriteStream on an asyncio channel: opened on the first entry, opened again after it ended."""
 
@@ -200,7 +215,7 @@ class _AsyncStream:
         if self._outbox is None:
             self._open()
         assert self._outbox is not None
-        self._outbox.put_nowait((request_id, messages.encode_stream_request(request_id, request)))
+        self._outbox.put_nowait((request_id, messages.encode_stream_entry(request_id, request)))
         return future
 
     def _open(self) -> None:
@@ -209,11 +224,19 @@ class _AsyncStream:
         out = self._out
 
         async def entries() -> AsyncIterator[bytes]:
-            while (item := await outbox.get()) is not None:
-                request_id, data = item
-                if request_id in out.waiting:
-                    out.sent.add(request_id)
-                    yield data
+            ended = False
+            while not ended:
+                item = await outbox.get()
+                ready = []
+                while item is not None:
+                    ready.append(item)
+                    if outbox.empty() or len(ready) >= MAX_ENTRIES_PER_MESSAGE:
+                        break
+                    item = outbox.get_nowait()
+                ended = item is None
+                message = _message_of(ready, out)
+                if message:
+                    yield message
 
         call = self._call_type(entries(), metadata=self._metadata)
         self._reader = asyncio.create_task(self._read(call, outbox))
@@ -222,7 +245,8 @@ class _AsyncStream:
         ended: BaseException = ConnectionError("the stream ended")
         try:
             async for data in call:
-                self._out.settle(messages.decode_stream_answer(data))
+                for answer in messages.decode_stream_response(data):
+                    self._out.settle(answer)
             ended = ConnectionError("the server ended the stream")
         except grpc.aio.AioRpcError as exc:
             ended = exc
@@ -264,7 +288,7 @@ class _BlockingStream:
         self._out = _Outstanding()
 
     def submit(self, request: WriteRequest) -> concurrent.futures.Future[Delivery]:
-        data_of = messages.encode_stream_request
+        data_of = messages.encode_stream_entry
         self._slots.acquire()
         future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
 
@@ -293,13 +317,23 @@ class _BlockingStream:
         out, lock = self._out, self._lock
 
         def entries() -> Iterator[bytes]:
-            while (item := outbox.get()) is not None:
-                request_id, data = item
+            ended = False
+            while not ended:
+                item = outbox.get()
+                ready = []
+                while item is not None:
+                    ready.append(item)
+                    if len(ready) >= MAX_ENTRIES_PER_MESSAGE:
+                        break
+                    try:
+                        item = outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                ended = item is None
                 with lock:
-                    if request_id not in out.waiting:
-                        continue
-                    out.sent.add(request_id)
-                yield data
+                    message = _message_of(ready, out)
+                if message:
+                    yield message
 
         answers = self._call_type(entries(), metadata=self._metadata)
         self._reader = threading.Thread(
@@ -311,9 +345,10 @@ class _BlockingStream:
         ended: BaseException = ConnectionError("the server ended the stream")
         try:
             for data in answers:
-                answer = messages.decode_stream_answer(data)
+                ready = messages.decode_stream_response(data)
                 with self._lock:
-                    self._out.settle(answer)
+                    for answer in ready:
+                        self._out.settle(answer)
         except grpc.RpcError as exc:
             ended = exc
         except messages.MalformedMessage as exc:  # an answer that does not decode: the stream is not to be trusted

@@ -152,7 +152,7 @@ def test_a_client_that_does_not_read_its_answers_is_slowed_then_served_in_full(w
     total = 20_000
     payload = {"sku": "p" * 1000}  # ~1 KB entries: the transport's buffers hold only a part of them
     requests = [
-        messages.encode_stream_request(i + 1, write_request(world.open.name, f"fc-{i}", "UPSERT", payload))
+        messages.encode_stream_entry(i + 1, write_request(world.open.name, f"fc-{i}", "UPSERT", payload))
         for i in range(total)
     ]
 
@@ -184,7 +184,7 @@ def test_a_client_that_does_not_read_its_answers_is_slowed_then_served_in_full(w
                 previous = now
             stalled_at = sent
             print(f"log stopped growing at {plateau} entries; the client had sent {sent} of {total}")
-            answers = [messages.decode_stream_answer(data) async for data in call]
+            answers = [a async for data in call for a in messages.decode_stream_response(data)]
             await sender
             return plateau, stalled_at, answers
 
