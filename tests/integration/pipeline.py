@@ -171,6 +171,7 @@ class ApiRun:
 
     port: int
     lines: list[str]
+    pid: int = 0
 
 
 @contextmanager
@@ -191,7 +192,7 @@ def api_process(env: dict[str, str]) -> Iterator[ApiRun]:
         for line in api.stdout:
             lines.append(line)
             if "walstream API serving on" in line:
-                yield ApiRun(int(line.rsplit(":", 1)[1]), lines)
+                yield ApiRun(int(line.rsplit(":", 1)[1]), lines, api.pid)
                 break
         else:
             raise AssertionError("the API exited before serving:\n" + "".join(lines))
