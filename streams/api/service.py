@@ -119,7 +119,8 @@ class WalService:
         self.before_write: Callable[[], Awaitable[None]] | None = None
         #: called after each entry of a batch is produced; raising aborts the transaction.
         self.batch_fault: BatchFault | None = None
-        self._closing = False
+        #: Set by ``begin_shutdown``.
+        self.closing = False
 
     # -- gRPC plumbing -----------------------------------------------------------------------------------------------
 
@@ -160,14 +161,14 @@ class WalService:
             self.options.stream_window,
             metadata.get("authorization"),
             headers,
-            lambda: self._closing,
+            lambda: self.closing,
         )
         await stream.run(requests)
 
     def begin_shutdown(self) -> None:
         """From now on, entries arriving on open streams are answered UNAVAILABLE (never written), so their
         clients send them again elsewhere while the entries already accepted are answered."""
-        self._closing = True
+        self.closing = True
 
     async def _stream_entry(
         self, request_id: int, request: WriteRequest, authorization: str | None, headers: Mapping[str, str]

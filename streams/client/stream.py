@@ -53,7 +53,7 @@ def _lost(code: grpc.StatusCode, details: str) -> Delivery:
     )
 
 
-class _Outstanding:
+class Outstanding:
     """The entries of one stream awaiting answers: id -> (settle with a Delivery, fail with an error, sent?)."""
 
     def __init__(self) -> None:
@@ -92,7 +92,7 @@ class _Outstanding:
 MAX_ENTRIES_PER_MESSAGE = 512
 
 
-def _message_of(ready: list[tuple[int, bytes]], out: _Outstanding) -> bytes:
+def message_of(ready: list[tuple[int, bytes]], out: Outstanding) -> bytes:
     """One WriteStreamRequest of the ready entries still awaited (each already encoded as a one-entry request;
     they concatenate), marking them sent."""
     parts = []
@@ -112,7 +112,7 @@ class AsyncStream:
         self._slots = asyncio.Semaphore(window)
         self._outbox: asyncio.Queue[tuple[int, bytes] | None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._out = _Outstanding()
+        self._out = Outstanding()
 
     async def submit(self, request: WriteRequest) -> asyncio.Future[Delivery]:
         await self._slots.acquire()
@@ -153,7 +153,7 @@ class AsyncStream:
                         break
                     item = outbox.get_nowait()
                 ended = item is None
-                message = _message_of(ready, out)
+                message = message_of(ready, out)
                 if message:
                     yield message
 
@@ -204,7 +204,7 @@ class BlockingStream:
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
         self._reader: threading.Thread | None = None
-        self._out = _Outstanding()
+        self._out = Outstanding()
 
     def submit(self, request: WriteRequest) -> concurrent.futures.Future[Delivery]:
         data_of = messages.encode_stream_entry
@@ -250,7 +250,7 @@ class BlockingStream:
                         break
                 ended = item is None
                 with lock:
-                    message = _message_of(ready, out)
+                    message = message_of(ready, out)
                 if message:
                     yield message
 

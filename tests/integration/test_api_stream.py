@@ -205,3 +205,35 @@ def test_reflection_lists_write_stream(world: World) -> None:
         methods = {m.name: m for s in service.service for m in s.method}
     assert "WriteStream" in methods
     assert methods["WriteStream"].client_streaming and methods["WriteStream"].server_streaming
+
+
+def test_at_shutdown_entries_in_flight_are_answered_and_new_ones_are_sent_back(endpoints: Endpoints) -> None:
+    """A stopping server answers what it accepted (TRUE, once Kafka acknowledges) and answers UNAVAILABLE, never
+    written, to what arrives on the stream after the stop began, so the client sends those elsewhere."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        ns = write_namespace(Path(folder), endpoints.kafka_bootstrap)
+        with running_api(endpoints.kafka_bootstrap, [ns]) as api, WalClient(api.target, timeout_s=60) as client:
+            release = api.hold_writes()
+            early = [client.submit(write_request(ns.name, f"early-{i}", "UPSERT", {"sku": "e"})) for i in range(5)]
+            while api.service.limiter.in_flight < 5:  # all five accepted and held before their write
+                time.sleep(0.05)
+            stopping = threading.Thread(target=api.run, args=(api.running.stop(grace_s=30.0),), kwargs={"timeout": 90})
+            stopping.start()
+            while not api.service.closing:
+                time.sleep(0.05)
+            late = client.submit(write_request(ns.name, "late", "UPSERT", {"sku": "l"}))
+            with pytest.raises(ApiError) as caught:
+                late.result(60)
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+            release()
+            answers = [f.result(60) for f in early]
+            client.close()  # half-closes the stream: the server's drain can finish
+            stopping.join(90)
+            assert not stopping.is_alive()
+        assert {a.durable for a in answers} == {Durable.TRUE}
+        keys = {r.entry.key for r in read_log(endpoints.kafka_bootstrap, ns)}
+        assert keys == {f"early-{i}" for i in range(5)}
