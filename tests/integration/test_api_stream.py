@@ -237,3 +237,41 @@ def test_at_shutdown_entries_in_flight_are_answered_and_new_ones_are_sent_back(e
         assert {a.durable for a in answers} == {Durable.TRUE}
         keys = {r.entry.key for r in read_log(endpoints.kafka_bootstrap, ns)}
         assert keys == {f"early-{i}" for i in range(5)}
+
+
+def test_over_the_in_flight_limit_an_entry_is_shed_alone_and_counted(endpoints: Endpoints) -> None:
+    """Stream entries count against the process's in-flight limit like calls: the ones over it are answered
+    RESOURCE_EXHAUSTED (never written) while the stream and the accepted entries go on; the API's metrics
+    count each entry by its code."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        ns = write_namespace(Path(folder), endpoints.kafka_bootstrap)
+        with running_api(endpoints.kafka_bootstrap, [ns], max_in_flight=2) as api:
+            with WalClient(api.target, timeout_s=60) as client:
+                release = api.hold_writes()
+                futures = [client.submit(write_request(ns.name, f"shed-{i}", "UPSERT", {"sku": "s"})) for i in range(5)]
+                shed = []
+                for future in futures[2:]:
+                    with pytest.raises(ApiError) as caught:
+                        future.result(60)
+                    shed.append(caught.value.code)
+                release()
+                accepted = [f.result(60) for f in futures[:2]]
+                after = client.stream_write(write_request(ns.name, "shed-after", "UPSERT", {"sku": "s"}))
+            registry = api.service.metrics.registry
+            calls = {
+                s.labels["code"]: s.value
+                for m in registry.collect()
+                if m.name == "walstream_api_calls"
+                for s in m.samples
+                if s.name == "walstream_api_calls_total" and s.labels["method"] == "WriteStream"
+            }
+            shed_count = registry.get_sample_value("walstream_api_shed_total", {"method": "WriteStream"})
+            in_flight = registry.get_sample_value("walstream_api_in_flight")
+        assert shed == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert [a.durable for a in accepted] == [Durable.TRUE, Durable.TRUE] and after.durable is Durable.TRUE
+        assert calls == {"OK": 3, "RESOURCE_EXHAUSTED": 3} and shed_count == 3 and in_flight == 0
+        keys = {r.entry.key for r in read_log(endpoints.kafka_bootstrap, ns)}
+        assert keys == {"shed-0", "shed-1", "shed-after"}
