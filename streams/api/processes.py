@@ -328,6 +328,14 @@ class _ChildMetrics(Collector):
         return merge_metrics(texts)
 
 
+def _drain_when_orphaned(parent: int) -> None:
+    """A child whose parent died without stopping it (SIGKILL) stops itself, draining, rather than serve on alone."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.warning("the supervising process %d is gone: shutting down", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _child(
     bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions, conn: Connection, level: str
 ) -> None:
@@ -338,6 +346,9 @@ def _child(
     from streams.logs import logging_config
 
     logging.config.dictConfig(logging_config(level, json_lines=True))
+    orphaned = threading.Thread(target=_drain_when_orphaned, args=(os.getppid(),), name="walstream-api-parent")
+    orphaned.daemon = True
+    orphaned.start()
 
     def announce(port: int, health_port: int | None) -> None:
         conn.send((port, health_port))
