@@ -232,6 +232,10 @@ class ApiSettings(_Frozen):
     txn_id_prefix: str | None = None
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    #: Server processes sharing the port (SO_REUSEPORT) under one supervising parent; 1 serves in-process.
+    processes: int = Field(default=1, ge=1, le=64)
+    #: /healthz answers 503 once the producer has not reached Kafka for this long (a restart may help then).
+    kafka_unreachable_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:
@@ -297,6 +301,8 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "API_TXN_ID_PREFIX": ("api", "txn_id_prefix"),
     "API_MAX_MESSAGE_BYTES": ("api", "max_message_bytes"),
     "API_METRICS_PORT": ("api", "metrics_port"),
+    "API_PROCESSES": ("api", "processes"),
+    "API_KAFKA_UNREACHABLE_S": ("api", "kafka_unreachable_s"),
     "KAFKA_SECURITY_PROTOCOL": ("kafka", "protocol"),
     "KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
     "KAFKA_USERNAME": ("kafka", "username"),

@@ -1,4 +1,4 @@
-"""The worker's HTTP endpoints: /metrics for Prometheus, /healthz (liveness) and /readyz (readiness)."""
+"""The worker's and the API's HTTP endpoints: /metrics for Prometheus, /healthz (liveness) and /readyz (readiness)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams.metrics import Metrics
 
@@ -16,10 +16,13 @@ Check = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class HealthServer:
-    """Serves on ``port`` (0 picks a free one; see ``port`` after start) from a daemon thread."""
+    """Serves on ``port`` (0 picks a free one; see ``port`` after start) from a daemon thread. ``metrics`` is the
+    process's Metrics, or a registry of other collectors (the API's supervisor serves its children's)."""
 
-    def __init__(self, metrics: Metrics, live: Check, ready: Check, port: int, host: str = "127.0.0.1") -> None:
-        registry = metrics.registry
+    def __init__(
+        self, metrics: Metrics | CollectorRegistry, live: Check, ready: Check, port: int, host: str = "127.0.0.1"
+    ) -> None:
+        registry = metrics.registry if isinstance(metrics, Metrics) else metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -128,6 +128,13 @@ class DurableProducer:
         self._poller.join(timeout=5)
         return pending
 
+    def reaches_kafka(self, timeout: float = 2.0) -> bool:
+        """Whether the cluster answers a metadata request within ``timeout`` (blocks: call it off the loop)."""
+        try:
+            return bool(self._producer.list_topics(timeout=timeout).brokers)
+        except KafkaException:
+            return False
+
 
 class _Batch:
     """The answers of one ``send_many``: filled in from the poll thread, handed over once all are in."""

@@ -1,4 +1,5 @@
-"""Runs the gRPC server: WalService plus health and reflection, TLS or mTLS, and a graceful, draining shutdown."""
+"""Runs the gRPC server: WalService plus health and reflection, TLS or mTLS, /metrics, /healthz and /readyz, and a
+graceful, draining shutdown."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 import ipaddress
 import logging
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,12 +21,19 @@ from grpc_reflection.v1alpha import reflection
 from connectors.endpoints import Kafka
 from streams.api import messages
 from streams.api.auth import Identifies, TokenRegistry, TokensFile
+from streams.api.health import ApiHealth, KafkaWatch
+from streams.api.listen import ListenError, claim_port
 from streams.api.service import ServiceOptions, WalService
 from streams.api.validation import Limits
 from streams.client.sdk import AtomicWalWriter, WalWriter
+from streams.health import HealthServer
+from streams.metrics import Metrics
 from streams.namespaces import Namespace
 
 log = logging.getLogger(__name__)
+
+#: Where the API's producers connect (for modules that must not import connectors themselves).
+Bootstrap = Kafka
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,16 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     #: librdkafka settings on top of connectors.kafka.config.producer_config (tests use it to force timeouts).
     producer_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Where the calls are counted (walstream_api_*); None counts nothing.
+    metrics: Metrics | None = None
+    #: /metrics, /healthz and /readyz of ``serve`` (None: not served; 0 picks a free port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: How often the producer's reach of Kafka is checked, and how long it may fail before /healthz says 503.
+    kafka_check_s: float = 1.0
+    kafka_unreachable_s: float = 60.0
+    #: Share the port with other processes (SO_REUSEPORT); only a supervisor of several server processes sets it.
+    reuse_port: bool = False
 
 
 class RunningServer:
@@ -76,9 +94,12 @@ class RunningServer:
         writer: WalWriter,
         batches: AtomicWalWriter,
         grace_s: float,
+        kafka: KafkaWatch,
         tokens: TokensFile | None = None,
     ) -> None:
         self.server = server
+        #: Whether the producer reaches Kafka, checked in the background.
+        self.kafka = kafka
         self.tokens = tokens
         self._watch = asyncio.create_task(tokens.watch()) if tokens is not None else None
         self.port = port
@@ -101,6 +122,7 @@ class RunningServer:
         self.service.begin_shutdown()  # open streams: new entries are sent back, the accepted ones answered
         await self.server.stop(self._grace_s if grace_s is None else grace_s)
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.kafka.stop)
         pending: int = await loop.run_in_executor(None, self._writer.close, 30.0)
         await loop.run_in_executor(None, self._batches.close, 10.0)
         if pending:
@@ -141,12 +163,14 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
             idempotency_max_keys=options.idempotency_max_keys,
             limits=options.limits,
         ),
+        metrics=options.metrics,
     )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
-            # Without this a second server on the same port silently shares it instead of failing.
-            ("grpc.so_reuseport", 0),
+            # Off unless several server processes share the port on purpose: otherwise a second server on the
+            # same port would silently share it instead of failing.
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
         ]
     )
     server.add_generic_rpc_handlers([service.handler()])
@@ -163,9 +187,14 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
         else:
             port = server.add_secure_port(address, _credentials(options.tls))
         await server.start()
+    except RuntimeError as exc:
+        writer.close(5.0)
+        raise ListenError(f"cannot listen on {address}: {exc} (is the port already in use?)") from None
     except BaseException:
         writer.close(5.0)
         raise
+    gauge = options.metrics.api_kafka_up if options.metrics is not None else None
+    kafka = KafkaWatch(writer.reaches_kafka, gauge, interval_s=options.kafka_check_s).start()
     await health.set(messages.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("walstream API listening on %s:%d (%s)", options.host, port, "TLS" if options.tls else "plaintext")
@@ -175,7 +204,7 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
             "clear; set WALSTREAM_API_TLS_CERT and WALSTREAM_API_TLS_KEY, or bind 127.0.0.1",
             options.host,
         )
-    return RunningServer(server, port, service, health, writer, batches, options.grace_s, tokens_file)
+    return RunningServer(server, port, service, health, writer, batches, options.grace_s, kafka, tokens_file)
 
 
 def is_loopback(host: str) -> bool:
@@ -188,21 +217,58 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def _serve_until_signalled(bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions) -> int:
-    running = await start_server(bootstrap, namespaces, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    if running.tokens is not None:
-        loop.add_signal_handler(signal.SIGHUP, running.tokens.reload)
-    print(f"walstream API serving on {options.host}:{running.port}", flush=True)
-    await stop.wait()
-    print("shutting down: draining calls in flight", flush=True)
-    pending = await running.stop()
+#: Told where the server listens: its gRPC port and the port of its /metrics, /healthz and /readyz (or None).
+Announce = Callable[[int, int | None], None]
+
+
+async def serve_until_signalled(
+    bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions, announce: Announce
+) -> int:
+    """Serve until SIGINT or SIGTERM, then drain. /readyz answers (503) from before gRPC listens until the
+    producer has Kafka's metadata; 0 is returned when every write was flushed."""
+    metrics = options.metrics if options.metrics is not None else Metrics()
+    options = replace(options, metrics=metrics)
+    health = ApiHealth(options.kafka_unreachable_s)
+    http = None
+    if options.metrics_port is not None:
+        http = HealthServer(metrics, health.live, health.ready, options.metrics_port, options.metrics_host).start()
+    try:
+        running = await start_server(bootstrap, namespaces, options)
+        health.listening(running.kafka)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if running.tokens is not None:
+            loop.add_signal_handler(signal.SIGHUP, running.tokens.reload)
+        announce(running.port, http.port if http is not None else None)
+        await stop.wait()
+        health.draining()
+        print("shutting down: draining calls in flight", flush=True)
+        pending = await running.stop()
+    finally:
+        if http is not None:
+            http.stop()
     return 0 if pending == 0 else 1
 
 
+def run_loop(main: Callable[[], Any]) -> Any:
+    """Run a coroutine function on uvloop (grpc.aio runs on it; it serves the same calls with less CPU)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
 def serve(bootstrap: Kafka, namespaces: Mapping[str, Namespace], options: ServerOptions | None = None) -> int:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully; the exit code is 0 when every write was flushed."""
-    return asyncio.run(_serve_until_signalled(bootstrap, namespaces, options or ServerOptions()))
+    """Serve in this process until SIGINT or SIGTERM, then shut down gracefully; the exit code is 0 when every
+    write was flushed. ``streams.api.processes.serve_processes`` runs several such processes on one port."""
+    options = options or ServerOptions()
+    if options.port != 0 and not options.reuse_port:
+        claim_port(options.host, options.port)
+
+    def announce(port: int, _metrics_port: int | None) -> None:
+        print(f"walstream API serving on {options.host}:{port}", flush=True)
+
+    code: int = run_loop(lambda: serve_until_signalled(bootstrap, namespaces, options, announce))
+    return code

@@ -120,6 +120,11 @@ class WalWriter:
     def close(self, timeout: float = 30.0) -> int:
         return self._producer.close(timeout)
 
+    def reaches_kafka(self, timeout: float = 2.0) -> bool:
+        """Whether the producer gets Kafka's metadata within ``timeout`` (blocks); an in-memory one always does."""
+        producer = self._producer
+        return producer.reaches_kafka(timeout) if isinstance(producer, DurableProducer) else True
+
 
 class AtomicWalWriter:
     """Writes a batch of entries atomically: one Kafka transaction, so readers that read committed records (the

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from connectors.endpoints import AccessRefused
 from connectors.local.errors import StackError
 from connectors.provision import provision
+from streams.api.listen import ListenError
 from streams.config import ConfigError, StackMode, load_settings
 from streams.namespaces import NamespaceError
 from streams.tools.common import STORES_TOO as _STORES_TOO
@@ -152,12 +153,16 @@ def _cdc_tail(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    from streams.api.server import ServerOptions, TlsFiles, serve
+    from streams.api.processes import serve_processes
+    from streams.api.server import ServerOptions, TlsFiles
 
     _json_logs("INFO")
     settings = load_settings()
     api = settings.api
     namespaces = _namespaces(settings, None)
+    processes = args.processes if args.processes is not None else api.processes
+    if processes < 1:
+        raise UsageError("--processes must be at least 1")
     options = ServerOptions(
         host=api.host,
         port=args.port if args.port is not None else api.port,
@@ -171,21 +176,11 @@ def _api(args: argparse.Namespace) -> int:
         transactional_producers=api.txn_producers,
         transactional_id_prefix=api.txn_id_prefix,
         max_message_bytes=api.max_message_bytes,
+        metrics_port=args.metrics_port if args.metrics_port is not None else api.metrics_port,
+        metrics_host=settings.runtime.metrics_host,
+        kafka_unreachable_s=api.kafka_unreachable_s,
     )
-    metrics_port = args.metrics_port if args.metrics_port is not None else api.metrics_port
-    server = None
-    if metrics_port is not None:
-        from streams.health import HealthServer
-        from streams.metrics import Metrics
-
-        server = HealthServer(
-            Metrics(), lambda: (True, {}), lambda: (True, {}), metrics_port, settings.runtime.metrics_host
-        ).start()
-    try:
-        return serve(_endpoints(settings).kafka, namespaces, options)
-    finally:
-        if server is not None:
-            server.stop()
+    return serve_processes(_endpoints(settings).kafka, namespaces, options, processes)
 
 
 def _print_status(stack: object) -> bool:
@@ -269,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the WriteToLog gRPC API (settings: WALSTREAM_API_*)")
     api.add_argument("--port", type=int, help="gRPC port (default WALSTREAM_API_PORT, 50051)")
     api.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
+    api.add_argument(
+        "--processes",
+        type=int,
+        help="server processes sharing the port, supervised by this one (default WALSTREAM_API_PROCESSES, 1)",
+    )
     api.set_defaults(handler=_api)
 
     produce = sub.add_parser("produce", help="write JSON lines ({key, op, payload, ...}) to a namespace")
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError, AccessRefused) as exc:
+    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError, AccessRefused, ListenError) as exc:
         _say(f"walstream: error: {exc}")
         return 2
     except KeyboardInterrupt:

@@ -595,7 +595,8 @@ def test_api_service_autoscaling_and_commands(case: str) -> None:
     deployments = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Deployment")}
     api = deployments[fullname("api")]
     (container,) = api["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["api", "--port", "50051", "--metrics-port", "9100"]
+    processes = str(values["api"].get("processes", 1))
+    assert container["args"] == ["api", "--port", "50051", "--metrics-port", "9100", "--processes", processes]
     (service,) = [doc for doc in of_kind(docs, "Service") if doc["metadata"]["name"] == fullname("api")]
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 50051), ("metrics", 9100)}
     assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()

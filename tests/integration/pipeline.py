@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,9 @@ from elasticsearch.helpers import scan
 
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
+from connectors.local.errors import StackError
+from connectors.local.stack import SERVICE_NAMES, LocalStack, scratch_settings
+from streams.config import LocalStackSettings
 from streams.model import Op, WalEntry
 from streams.namespaces import Namespace, load_namespace
 from streams.worker.targets import apply_namespaces
@@ -167,18 +173,25 @@ class WorkerProcess:
 
 @dataclass
 class ApiRun:
-    """A `walstream api` process: the port it serves on, and its output (all of it once the process stopped)."""
+    """A `walstream api` process: the port it serves on, its output (all of it once the process stopped), and the
+    process itself."""
 
     port: int
     lines: list[str]
-    pid: int = 0
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
 
 @contextmanager
-def api_process(env: dict[str, str]) -> Iterator[ApiRun]:
-    """Run `walstream api --port 0` with ``env``; yields once it says where it serves, stops it by its own pid."""
+def api_process(env: dict[str, str], *args: str) -> Iterator[ApiRun]:
+    """Run `walstream api --port 0 [args]` with ``env``; yields once it says where it serves (its output is read
+    on meanwhile), stops it by its own pid."""
     api = subprocess.Popen(
-        [sys.executable, "-m", "streams", "api", "--port", "0"],
+        [sys.executable, "-m", "streams", "api", "--port", "0", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -187,23 +200,52 @@ def api_process(env: dict[str, str]) -> Iterator[ApiRun]:
         start_new_session=True,
     )
     lines: list[str] = []
+    reader = None
     try:
         assert api.stdout is not None
         for line in api.stdout:
             lines.append(line)
             if "walstream API serving on" in line:
-                yield ApiRun(int(line.rsplit(":", 1)[1]), lines, api.pid)
+                reader = threading.Thread(target=lines.extend, args=(api.stdout,), daemon=True)
+                reader.start()
+                yield ApiRun(int(line.rsplit(":", 1)[1]), lines, api)
                 break
         else:
             raise AssertionError("the API exited before serving:\n" + "".join(lines))
     finally:
         api.terminate()
         try:
-            rest, _ = api.communicate(timeout=60)
+            api.wait(timeout=90)
         except subprocess.TimeoutExpired:
             api.kill()
-            rest, _ = api.communicate(timeout=30)
-        lines.append(rest or "")
+            api.wait(timeout=30)
+        if reader is not None:
+            reader.join(timeout=10)
+        elif api.stdout is not None:
+            lines.append(api.stdout.read())
+
+
+@contextmanager
+def own_stack(
+    settings: LocalStackSettings,
+    prefix: str,
+    services: Sequence[str] = SERVICE_NAMES,
+    secure: bool = False,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> Iterator[LocalStack]:
+    """A stack of a test's own (``services`` of it) on free ports in a fresh folder, never the shared one. At the
+    end it is thawed (a test may have frozen it), stopped by its own ``down()``, and its folder removed."""
+    local = scratch_settings(settings, secure, prefix)
+    stack = LocalStack(local, services=services, progress=progress)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        for name in services:
+            with contextlib.suppress(StackError, ProcessLookupError):
+                stack.signal_service(name, signal.SIGCONT)
+        stack.down()
+        shutil.rmtree(local.stack_dir.parent, ignore_errors=True)
 
 
 def model_of(entries: Iterable[WalEntry]) -> dict[str, dict[str, Any] | None]:

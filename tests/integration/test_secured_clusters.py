@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import shlex
-import shutil
 import ssl
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from connectors.access import check_access
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
 from connectors.endpoints import AccessRefused, Endpoints
-from connectors.local.stack import LocalStack, scratch_settings
+from connectors.local.stack import LocalStack
 from streams.client.grpc import WalClient, write_request
 from streams.client.sdk import SyncWalWriter
 from streams.config import KafkaSecurity, Settings, StackMode, load_settings
@@ -46,6 +45,7 @@ from tests.integration.pipeline import (
     cassandra_rows,
     create_namespace,
     es_docs,
+    own_stack,
     wait_until,
 )
 
@@ -63,15 +63,8 @@ def _say(message: str) -> None:
 def stack(settings: Settings) -> Iterator[LocalStack]:
     if settings.mode is not StackMode.LOCAL:
         pytest.skip(f"the secured embedded stack does not apply in {settings.mode.value} mode")
-    local = scratch_settings(settings.local, secure=True, prefix="walstream-secure-test-")
-    base = local.stack_dir.parent
-    secured = LocalStack(local, progress=_say)
-    try:
-        secured.up()
+    with own_stack(settings.local, "walstream-secure-test-", secure=True, progress=_say) as secured:
         yield secured
-    finally:
-        secured.down()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
