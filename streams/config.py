@@ -236,6 +236,10 @@ class ApiSettings(_Frozen):
     processes: int = Field(default=1, ge=1, le=64)
     #: /healthz answers 503 once the producer has not reached Kafka for this long (a restart may help then).
     kafka_unreachable_s: float = Field(default=60.0, gt=0)
+    #: WriteStream: entries of one stream read ahead of the answers its client has taken.
+    stream_window: int = Field(default=128, ge=1, le=100_000)
+    #: How long the API's producer waits to fill a batch: short, because every call waits for its answer.
+    linger_ms: float = Field(default=1.0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:
@@ -303,6 +307,8 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "API_METRICS_PORT": ("api", "metrics_port"),
     "API_PROCESSES": ("api", "processes"),
     "API_KAFKA_UNREACHABLE_S": ("api", "kafka_unreachable_s"),
+    "API_STREAM_WINDOW": ("api", "stream_window"),
+    "API_LINGER_MS": ("api", "linger_ms"),
     "KAFKA_SECURITY_PROTOCOL": ("kafka", "protocol"),
     "KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
     "KAFKA_USERNAME": ("kafka", "username"),

@@ -54,6 +54,9 @@ class ServerOptions:
     max_in_flight: int = 256
     #: WriteStream: entries one stream may have awaiting answers before the server stops reading it.
     stream_window: int = 128
+    #: The producer's linger.ms (``producer_overrides`` may still set another): every call awaits its answer, so
+    #: the batching wait is short; entries in flight together still share batches.
+    linger_ms: float = 1.0
     tokens_file: Path | None = None
     tls: TlsFiles | None = None
     #: Shutdown waits this long for calls in flight before cancelling them.
@@ -143,7 +146,8 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
     """Build the service and start listening; the caller owns the returned server and must ``stop`` it."""
     tokens_file = TokensFile(options.tokens_file) if options.tokens_file is not None else None
     tokens: Identifies = tokens_file if tokens_file is not None else TokenRegistry()
-    writer = WalWriter(bootstrap, namespaces, producer_overrides=options.producer_overrides)
+    overrides = {"linger.ms": options.linger_ms, **options.producer_overrides}
+    writer = WalWriter(bootstrap, namespaces, producer_overrides=overrides)
     batches = AtomicWalWriter(
         bootstrap,
         size=options.transactional_producers,

@@ -167,6 +167,8 @@ def _api(args: argparse.Namespace) -> int:
         host=api.host,
         port=args.port if args.port is not None else api.port,
         max_in_flight=api.max_in_flight,
+        stream_window=api.stream_window,
+        linger_ms=api.linger_ms,
         tokens_file=api.tokens_file,
         tls=TlsFiles(api.tls_cert, api.tls_key, api.tls_client_ca) if api.tls_cert and api.tls_key else None,
         grace_s=api.grace_s,
