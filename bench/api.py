@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,10 +137,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(bootstrap: str, namespace_file: Path, port: int, max_in_flight: int) -> Iterator[int]:
-    """The API server in its own process (so it has its own interpreter lock); stopped by its pid."""
+def server_process(
+    bootstrap: str, namespace_file: Path, port: int, max_in_flight: int, processes: int = 1
+) -> Iterator[int]:
+    """The API server in its own process (so it has its own interpreter lock), with ``processes`` server
+    processes under it when more than one; stopped by its pid."""
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", bootstrap, str(namespace_file), str(port)]
-    command += ["--max-in-flight", str(max_in_flight)]
+    command += ["--max-in-flight", str(max_in_flight), "--processes", str(processes)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield process.pid
@@ -158,9 +161,13 @@ def server_process(bootstrap: str, namespace_file: Path, port: int, max_in_fligh
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far (Linux /proc), in seconds."""
+    """User plus system CPU time a process and its live children have used so far (Linux /proc), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(c) for c in (task / "children").read_text().split())
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def wait_serving(target: str, timeout_s: float = 60.0) -> None:
@@ -410,11 +417,13 @@ async def api_open(target: str, requests: Sequence[bytes], rate: float, duration
 # -- main --------------------------------------------------------------------------------------------------------------
 
 
-def serve_main(bootstrap: str, namespace_file: str, port: int, max_in_flight: int) -> int:
-    from streams.api.server import ServerOptions, serve
+def serve_main(bootstrap: str, namespace_file: str, port: int, max_in_flight: int, processes: int) -> int:
+    from streams.api.processes import serve_processes
+    from streams.api.server import ServerOptions
 
     ns = load_namespace(namespace_file)
-    return serve(bootstrap, {ns.name: ns}, ServerOptions(host="127.0.0.1", port=port, max_in_flight=max_in_flight))
+    options = ServerOptions(host="127.0.0.1", port=port, max_in_flight=max_in_flight)
+    return serve_processes(bootstrap, {ns.name: ns}, options, processes)
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -453,10 +462,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 )
                 stream_cpu = cpu_seconds(pid) - cpu_before
                 figures.append(stream)
+            port = free_port()
+            target = f"127.0.0.1:{port}"
+            with server_process(bootstrap, ns_file, port, max(args.concurrency * 2, 256), processes=2):
+                wait_serving(target)
+                two = asyncio.run(
+                    api_closed(target, requests, args.concurrency, args.duration, args.warmup, args.channels)
+                )
+                figures.append(replace(two, name=f"api max, 2 processes ({args.concurrency} in flight)"))
         finally:
             admin.delete_topics(ns.topics())
     raw_best, raw_like = figures[0], figures[1]
-    api_max, api_half, stream = figures[2], figures[3], figures[4]
+    api_max, api_half, stream, two = figures[2], figures[3], figures[4], figures[5]
     print(f"\n{'':38} {'acks/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'acks':>8}")
     for f in figures:
         print(f"{f.name:38} {f.per_second:10.0f} {f.p50_ms:8.2f} {f.p99_ms:8.2f} {f.p999_ms:9.2f} {f.acks:8d}")
@@ -465,6 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ratio_stream = stream.per_second / raw_like.per_second
     print(f"\nunary api max / raw max: {ratio_max:.3f}   unary api max / raw closed: {ratio_like:.3f}")
     print(f"WriteStream / raw closed (same {args.concurrency} in flight): {ratio_stream:.3f}")
+    print(f"unary rate: {api_max.per_second:.0f}/s with --processes 1, {two.per_second:.0f}/s with --processes 2")
     print(
         f"unary p99 at half load ({half:.0f}/s offered): {api_half.p99_ms:.2f} ms "
         f"(p50 {api_half.p50_ms:.2f} ms, p99.9 {api_half.p999_ms:.2f} ms)"
@@ -479,6 +497,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "ratio_api_to_raw_max": ratio_max,
         "ratio_api_to_raw_closed": ratio_like,
         "ratio_stream_to_raw_closed": ratio_stream,
+        "unary_rate_processes_1": api_max.per_second,
+        "unary_rate_processes_2": two.per_second,
         "half_load_rate": half,
         "p99_half_load_ms": api_half.p99_ms,
         "p999_half_load_ms": api_half.p999_ms,
@@ -505,10 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw-messages", type=int, default=100_000, help="records in the raw max phase")
     parser.add_argument("--serve", nargs=3, metavar=("BOOTSTRAP", "NAMESPACE_FILE", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--max-in-flight", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         bootstrap, namespace_file, port = args.serve
-        return serve_main(bootstrap, namespace_file, int(port), args.max_in_flight)
+        return serve_main(bootstrap, namespace_file, int(port), args.max_in_flight, args.processes)
     try:
         run(args)
     except BenchError as exc:
