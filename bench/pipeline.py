@@ -137,6 +137,14 @@ def namespace_document(name: str, suffix: str, partitions: int) -> dict[str, Any
     }
 
 
+def scratch_namespace(folder: Path, name: str, suffix: str, partitions: int) -> Namespace:
+    """A namespace of the bench's shape, loaded from a file in ``folder`` (only its log topic is ever created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(namespace_document(name, suffix, partitions), sort_keys=False))
+    return load_namespace(path)
+
+
 # -- stack -------------------------------------------------------------------------------------------------------------
 
 
@@ -584,10 +592,15 @@ def wal_records(ns: Namespace, n: int) -> list[tuple[bytes, bytes]]:
 
 
 def raw_kafka(
-    kafka: KafkaAccess, topic: str, partitions: int, records: Sequence[tuple[bytes, bytes]], rounds: int = 3
+    kafka: KafkaAccess,
+    topic: str,
+    partitions: int,
+    records: Sequence[tuple[bytes, bytes]],
+    rounds: int = 3,
+    consume: bool = True,
 ) -> dict[str, float]:
-    """Produce the N records ``rounds`` times, then consume N records ``rounds`` times (each with a fresh consumer);
-    the median round counts: one round of 20000 small records takes only tens of milliseconds."""
+    """Produce the N records ``rounds`` times, then (``consume``) consume N records ``rounds`` times (each with a
+    fresh consumer); the median round counts: one round of 20000 small records takes only tens of milliseconds."""
     KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
     producer = Producer(producer_config(kafka))
     producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
@@ -611,6 +624,8 @@ def raw_kafka(
         if producer.flush(60) or failures:
             raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
         produce_times.append(time.perf_counter() - started)
+    if not consume:
+        return {"produce_s": statistics.median(produce_times)}
 
     probe_consumer = Consumer({**client_config(kafka), "group.id": f"bench-raw-{secrets.token_hex(4)}"})
     try:
@@ -701,6 +716,31 @@ def cassandra_count(session: Session, keyspace: str, table: str) -> int:
 def es_count(es: Elasticsearch, index: str) -> int:
     es.indices.refresh(index=index)
     return int(es.count(index=index)["count"])
+
+
+def sdk_produce(kafka: KafkaAccess, ns: Namespace, n: int, in_flight: int, rounds: int = 3) -> float:
+    """The SDK's side of the raw produce bound, measured like it: the same N documents written ``rounds`` times
+    through a ``WalWriter`` (validated, encoded, each answered with its own durable Delivery) to the namespace's
+    log while nothing else of the bench runs; the median round's seconds."""
+    KafkaAdmin(kafka).ensure_topics([TopicSpec(topics.wal_topic(ns.name), ns.partitions)])
+
+    async def rounds_() -> list[float]:
+        writer = WalWriter(kafka, {ns.name: ns})
+        try:
+            warm = await writer.write(ns.name, "warmup", Op.UPSERT, document(0))  # connected before the clock
+            if not warm.ok:
+                raise BenchError(f"SDK warm-up write not durable: {warm.durable.value} {warm.message}")
+            times = []
+            for _ in range(rounds):
+                first, last, failures = await produce_all(writer, ns.name, n, in_flight)
+                if failures:
+                    raise BenchError(f"{len(failures)} of {n} SDK writes were not durable, first: {failures[0]}")
+                times.append(last - first)
+            return times
+        finally:
+            writer.close(10)
+
+    return statistics.median(asyncio.run(rounds_()))
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------------
@@ -957,6 +997,9 @@ def rate(n: int, seconds: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.only == "produce" and not (args.secure or args.own_stack):
+        endpoints, stack_pids = resolve_endpoints()
+        return measure_produce(args, endpoints, stack_pids)
     if not (args.secure or args.own_stack):
         endpoints, stack_pids = resolve_endpoints()
         return measure(args, endpoints, stack_pids)
@@ -1063,6 +1106,11 @@ def measure(
             f"  kafka: produce {figures['raw_kafka_produce_rate']:,.0f}/s, "
             f"consume {figures['raw_kafka_consume_rate']:,.0f}/s"
         )
+        watch.phase = "sdk produce"
+        sdk_ns = scratch_namespace(tmp / "sdk", f"{name}_sdk", suffix, args.partitions)
+        cleanup.push("delete the SDK phase's log", lambda: admin.delete_topics([topics.wal_topic(sdk_ns.name)]))
+        figures["sdk_produce_rate"] = rate(n, sdk_produce(kafka, sdk_ns, n, args.in_flight))
+        say(f"  SDK produce (alone, like the raw bound): {figures['sdk_produce_rate']:,.0f}/s")
         watch.phase = "raw cassandra"
         cass_s = raw_cassandra(session, raw_table.keyspace, raw_table.table, n, args.cassandra_concurrency)
         figures["raw_cassandra_rate"] = rate(n, cass_s)
@@ -1109,7 +1157,8 @@ def measure(
         watch.phase = "pipeline"
         pipe = asyncio.run(run_pipeline(ns, endpoints, worker, counter, args, meter))
         watch.phase = "verification"
-        figures["sdk_produce_rate"] = rate(n, pipe["produce_s"])
+        # The SDK's rate while the worker consumes on the same machine: not comparable with the raw produce bound.
+        figures["sdk_produce_rate_during_pipeline"] = rate(n, pipe["produce_s"])
         figures["pipeline_rate"] = rate(n, pipe["pipeline_s"])
         figures["pipeline_seconds"] = round(pipe["pipeline_s"], 3)
         figures["pipeline_steady_rate"] = pipe["steady_rate"]
@@ -1171,6 +1220,61 @@ def measure(
             raise BenchError("cleanup left things behind:\n  " + "\n  ".join(problems))
 
 
+def measure_produce(args: argparse.Namespace, endpoints: Endpoints, stack_pids: dict[str, int]) -> dict[str, Any]:
+    """``--only produce``: the raw Kafka produce bound and the SDK's produce rate, nothing else (Kafka only)."""
+    say(f"stack: {', '.join(f'{k} {v}' for k, v in endpoints.describe().items())}")
+    kafka = endpoints.kafka
+    try:
+        AdminClient(admin_config(kafka)).list_topics(timeout=10)
+    except KafkaException as exc:
+        raise BenchError(f"Kafka at {endpoints.kafka_bootstrap} does not answer: {exc}") from None
+    watch = StackWatch({service: with_descendants(pid) for service, pid in stack_pids.items()})
+    watch.start()
+    suffix = secrets.token_hex(4)
+    tmp = Path(tempfile.mkdtemp(prefix=f"walstream-bench_{suffix}-"))
+    admin = KafkaAdmin(kafka)
+    cleanup = Cleanup()
+    cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    n = args.entries
+    figures: dict[str, Any] = {"entries": n, "partitions": args.partitions, "only": "produce"}
+    try:
+        ns = scratch_namespace(tmp, f"bench_{suffix}", suffix, args.partitions)
+        raw_topic = f"bench.{suffix}.raw"
+        cleanup.push("delete the scratch topics", lambda: admin.delete_topics([raw_topic, topics.wal_topic(ns.name)]))
+        records = wal_records(ns, n)
+        say(f"raw Kafka produce and SDK produce, {n} records each, median of 3 rounds")
+        watch.phase = "raw kafka"
+        raw = raw_kafka(kafka, raw_topic, args.partitions, records, consume=False)
+        del records
+        figures["raw_kafka_produce_rate"] = rate(n, raw["produce_s"])
+        say(f"  raw kafka produce: {figures['raw_kafka_produce_rate']:,.0f}/s")
+        watch.phase = "sdk produce"
+        profiler = None
+        if args.profile_sdk:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        try:
+            sdk_s = sdk_produce(kafka, ns, n, args.in_flight)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile_sdk)
+                say(f"  SDK profile (main thread only) written to {args.profile_sdk}")
+        figures["sdk_produce_rate"] = rate(n, sdk_s)
+        say(f"  SDK produce: {figures['sdk_produce_rate']:,.0f}/s")
+        figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
+        figures["frozen_service_seconds"] = dict(watch.frozen)
+        figures["valid"] = not watch.frozen
+        return figures
+    finally:
+        watch.stop()
+        problems = cleanup.run()
+        if problems:
+            say("cleanup left things behind:\n  " + "\n  ".join(problems))
+
+
 def print_profile(path: Path, top: int = 30) -> str:
     """The worker's hottest functions (main thread only: driver and producer threads are not profiled)."""
     import pstats
@@ -1190,7 +1294,8 @@ def print_report(f: dict[str, Any]) -> None:
         ("raw Kafka consume (confluent-kafka)", f["raw_kafka_consume_rate"]),
         ("raw Cassandra (prepared, execute_concurrent)", f["raw_cassandra_rate"]),
         ("raw Elasticsearch (_bulk)", f["raw_elasticsearch_rate"]),
-        ("SDK produce (durable acks)", f["sdk_produce_rate"]),
+        ("SDK produce (durable acks, alone)", f["sdk_produce_rate"]),
+        ("SDK produce during the pipeline", f["sdk_produce_rate_during_pipeline"]),
         ("pipeline end to end (both sinks + CDC)", f["pipeline_rate"]),
     ]
     print()
@@ -1308,7 +1413,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="like --secure but the own stack is open: the control that tells the cost of TLS and passwords from "
         "that of a freshly started stack",
     )
+    parser.add_argument(
+        "--only",
+        choices=("produce",),
+        help="produce: only the raw Kafka produce bound and the SDK's produce rate (Kafka alone; seconds, not minutes)",
+    )
+    parser.add_argument(
+        "--profile-sdk",
+        metavar="FILE",
+        help="with --only produce: run the SDK phase under cProfile and write the profile here (slower: figures are "
+        "not comparable)",
+    )
     args = parser.parse_args(argv)
+    if args.only and (args.secure or args.own_stack):
+        parser.error("--only runs on the configured stack; it does not combine with --secure or --own-stack")
     if args.entries < 10:
         parser.error("--entries must be at least 10")
     if not 1 <= args.workers <= args.partitions:
@@ -1324,6 +1442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("bench: interrupted (cleaned up)")
         return 130
+    if args.only == "produce":
+        print(
+            f"\nraw Kafka produce {figures['raw_kafka_produce_rate']:,.0f}/s, SDK produce "
+            f"{figures['sdk_produce_rate']:,.0f}/s: SDK / raw {figures['ratio_sdk_vs_raw_kafka_produce']:.3f}"
+            + ("" if figures["valid"] else "  (NOT VALID: a stack service was stopped while measuring)")
+        )
+        print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
+        return 0 if figures["valid"] else 3
     print_report(figures)
     print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
     if not figures["valid"]:
