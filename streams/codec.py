@@ -37,6 +37,8 @@ _SINGLE_OBJECT_HEADER_LEN = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
 # Schema ids are immutable in a registry, so their parsed schemas may be cached; the cap bounds memory anyway.
 _MAX_CACHED_SCHEMA_IDS = 1024
+# Log topic names are cached per namespace name (checking a name costs a regex match per record); bounded too.
+_MAX_CACHED_TOPICS = 1024
 
 DecodeReason = Literal[
     "empty",  # zero bytes
@@ -177,6 +179,7 @@ class Codec:
         "_entry_by_hand",
         "_lookup",
         "_retry",
+        "_wal_topics",
         "_writers_by_id",
     )
 
@@ -202,6 +205,7 @@ class Codec:
         if ids:
             raise ValueError(f"schema_ids names unknown record types: {', '.join(sorted(ids))}")
         self._entry_by_hand = schema_fingerprint(self._entry.reader) == _HAND_ENCODED_WAL_ENTRY
+        self._wal_topics: dict[str, str] = {}  # namespace -> its log's (checked) name
 
     def _load(self, name: str, from_record: Callable[[Mapping[str, Any]], T], ids: dict[str, int]) -> _Format[T]:
         current = load_schema(name)
@@ -235,9 +239,18 @@ class Codec:
 
     def log_record(self, entry: WalEntry, extra_headers: Headers = ()) -> Outgoing:
         """The entry as its namespace's log holds it: keyed by its key, its id and trace context in headers."""
-        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers), *extra_headers]
+        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode())]
+        if entry.headers:
+            headers += kafka_trace_headers(entry.headers)
+        if extra_headers:
+            headers += extra_headers
+        topic = self._wal_topics.get(entry.namespace)
+        if topic is None:
+            if len(self._wal_topics) >= _MAX_CACHED_TOPICS:
+                self._wal_topics.clear()
+            topic = self._wal_topics[entry.namespace] = topics.wal_topic(entry.namespace)
         return Outgoing(
-            topics.wal_topic(entry.namespace),
+            topic,
             entry.key.encode(),
             self.encode_entry(entry),
             headers,

@@ -140,6 +140,10 @@ class BatchInfo:
         return cls(record["id"], record["index"], record["count"])
 
 
+#: The headers of every entry without any: a read-only view of a dict nobody else holds.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class WalEntry:
     """One write to a namespace's log: a versioned upsert or delete of one key."""
@@ -161,7 +165,8 @@ class WalEntry:
         _require_text("WalEntry", "entry_id", self.entry_id)
         _require_text("WalEntry", "namespace", self.namespace)
         _require_text("WalEntry", "key", self.key)
-        object.__setattr__(self, "op", Op(self.op))
+        if type(self.op) is not Op:
+            object.__setattr__(self, "op", Op(self.op))
         _require_int("WalEntry", "sequence", self.sequence)
         if not isinstance(self.payload, bytes):
             raise ValueError(f"WalEntry.payload must be bytes, got {type(self.payload).__name__}")
@@ -169,11 +174,15 @@ class WalEntry:
             raise ValueError("WalEntry.payload must be empty for a DELETE")
         if not isinstance(self.lifecycle, Lifecycle):
             raise ValueError("WalEntry.lifecycle must be a Lifecycle")
-        object.__setattr__(self, "targets", _names("WalEntry", "targets", self.targets))
+        if self.targets != ():  # the common case (every target) needs no checking
+            object.__setattr__(self, "targets", _names("WalEntry", "targets", self.targets))
         if self.idempotency_key is not None:
             _require_text("WalEntry", "idempotency_key", self.idempotency_key)
         if self.batch is not None and not isinstance(self.batch, BatchInfo):
             raise ValueError("WalEntry.batch must be a BatchInfo or None")
+        if self.headers is _NO_HEADERS or self.headers == {}:
+            object.__setattr__(self, "headers", _NO_HEADERS)
+            return
         headers = dict(self.headers)
         for name, value in headers.items():
             if not isinstance(name, str) or not isinstance(value, str):
@@ -241,7 +250,7 @@ def new_entry(
         lifecycle=Lifecycle(original_write_time=written_us, delay_ms=delay_ms, jitter_ms=jitter_ms),
         targets=tuple(targets),
         idempotency_key=idempotency_key,
-        headers=MappingProxyType(dict(headers or {})),
+        headers=headers or _NO_HEADERS,  # copied and checked by WalEntry
     )
 
 
