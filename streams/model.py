@@ -103,9 +103,18 @@ class Lifecycle:
     jitter_ms: int = 0
 
     def __post_init__(self) -> None:
-        _require_int("Lifecycle", "original_write_time", self.original_write_time)
-        _require_int("Lifecycle", "delay_ms", self.delay_ms)
-        _require_int("Lifecycle", "jitter_ms", self.jitter_ms)
+        written, delay, jitter = self.original_write_time, self.delay_ms, self.jitter_ms
+        if (
+            type(written) is int
+            and type(delay) is int
+            and type(jitter) is int
+            and min(written, delay, jitter) >= 0
+            and max(written, delay, jitter) <= _MAX_LONG
+        ):
+            return  # the usual case, checked at once (the SDK builds one per write)
+        _require_int("Lifecycle", "original_write_time", written)
+        _require_int("Lifecycle", "delay_ms", delay)
+        _require_int("Lifecycle", "jitter_ms", jitter)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -162,12 +171,23 @@ class WalEntry:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
-        _require_text("WalEntry", "entry_id", self.entry_id)
-        _require_text("WalEntry", "namespace", self.namespace)
-        _require_text("WalEntry", "key", self.key)
+        entry_id, namespace, key, sequence = self.entry_id, self.namespace, self.key, self.sequence
+        if not (
+            type(entry_id) is str
+            and type(namespace) is str
+            and type(key) is str
+            and entry_id
+            and namespace
+            and key
+            and type(sequence) is int
+            and 0 <= sequence <= _MAX_LONG
+        ):  # the usual case passes at once; otherwise the checks below name what is wrong
+            _require_text("WalEntry", "entry_id", entry_id)
+            _require_text("WalEntry", "namespace", namespace)
+            _require_text("WalEntry", "key", key)
+            _require_int("WalEntry", "sequence", sequence)
         if type(self.op) is not Op:
             object.__setattr__(self, "op", Op(self.op))
-        _require_int("WalEntry", "sequence", self.sequence)
         if not isinstance(self.payload, bytes):
             raise ValueError(f"WalEntry.payload must be bytes, got {type(self.payload).__name__}")
         if self.op is Op.DELETE and self.payload:
