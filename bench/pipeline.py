@@ -591,6 +591,28 @@ def wal_records(ns: Namespace, n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def raw_produce_round(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
+    """Seconds to produce the records and have every one acknowledged (acks=all)."""
+    failures: list[str] = []
+
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    started = time.perf_counter()
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60) or failures:
+        raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
+    return time.perf_counter() - started
+
+
 def raw_kafka(
     kafka: KafkaAccess,
     topic: str,
@@ -604,26 +626,7 @@ def raw_kafka(
     KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
     producer = Producer(producer_config(kafka))
     producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
-    failures: list[str] = []
-
-    def report(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    produce_times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value, on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        if producer.flush(60) or failures:
-            raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
-        produce_times.append(time.perf_counter() - started)
+    produce_times = [raw_produce_round(producer, topic, records) for _ in range(rounds)]
     if not consume:
         return {"produce_s": statistics.median(produce_times)}
 
@@ -718,29 +721,37 @@ def es_count(es: Elasticsearch, index: str) -> int:
     return int(es.count(index=index)["count"])
 
 
-def sdk_produce(kafka: KafkaAccess, ns: Namespace, n: int, in_flight: int, rounds: int = 3) -> float:
-    """The SDK's side of the raw produce bound, measured like it: the same N documents written ``rounds`` times
-    through a ``WalWriter`` (validated, encoded, each answered with its own durable Delivery) to the namespace's
-    log while nothing else of the bench runs; the median round's seconds."""
+async def sdk_writer(kafka: KafkaAccess, ns: Namespace) -> WalWriter:
+    """A WalWriter on the namespace's log, connected (one durable write done) before any clock starts."""
     KafkaAdmin(kafka).ensure_topics([TopicSpec(topics.wal_topic(ns.name), ns.partitions)])
+    writer = WalWriter(kafka, {ns.name: ns})
+    warm = await writer.write(ns.name, "warmup", Op.UPSERT, document(0))
+    if not warm.ok:
+        writer.close(10)
+        raise BenchError(f"SDK warm-up write not durable: {warm.durable.value} {warm.message}")
+    return writer
 
-    async def rounds_() -> list[float]:
-        writer = WalWriter(kafka, {ns.name: ns})
+
+async def sdk_round(writer: WalWriter, ns: Namespace, n: int, in_flight: int) -> float:
+    """The SDK's side of the raw produce bound: the same N documents written through the writer (validated,
+    encoded, each answered with its own durable Delivery); seconds from the first write to the last answer."""
+    first, last, failures = await produce_all(writer, ns.name, n, in_flight)
+    if failures:
+        raise BenchError(f"{len(failures)} of {n} SDK writes were not durable, first: {failures[0]}")
+    return last - first
+
+
+def sdk_produce(kafka: KafkaAccess, ns: Namespace, n: int, in_flight: int, rounds: int = 3) -> float:
+    """``rounds`` SDK rounds alone (nothing else of the bench runs), like the raw bound; the median's seconds."""
+
+    async def all_rounds() -> list[float]:
+        writer = await sdk_writer(kafka, ns)
         try:
-            warm = await writer.write(ns.name, "warmup", Op.UPSERT, document(0))  # connected before the clock
-            if not warm.ok:
-                raise BenchError(f"SDK warm-up write not durable: {warm.durable.value} {warm.message}")
-            times = []
-            for _ in range(rounds):
-                first, last, failures = await produce_all(writer, ns.name, n, in_flight)
-                if failures:
-                    raise BenchError(f"{len(failures)} of {n} SDK writes were not durable, first: {failures[0]}")
-                times.append(last - first)
-            return times
+            return [await sdk_round(writer, ns, n, in_flight) for _ in range(rounds)]
         finally:
             writer.close(10)
 
-    return statistics.median(asyncio.run(rounds_()))
+    return statistics.median(asyncio.run(all_rounds()))
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------------
@@ -1242,29 +1253,44 @@ def measure_produce(args: argparse.Namespace, endpoints: Endpoints, stack_pids: 
         raw_topic = f"bench.{suffix}.raw"
         cleanup.push("delete the scratch topics", lambda: admin.delete_topics([raw_topic, topics.wal_topic(ns.name)]))
         records = wal_records(ns, n)
-        say(f"raw Kafka produce and SDK produce, {n} records each, median of 3 rounds")
-        watch.phase = "raw kafka"
-        raw = raw_kafka(kafka, raw_topic, args.partitions, records, consume=False)
-        del records
-        figures["raw_kafka_produce_rate"] = rate(n, raw["produce_s"])
-        say(f"  raw kafka produce: {figures['raw_kafka_produce_rate']:,.0f}/s")
-        watch.phase = "sdk produce"
+        # Rounds alternate (raw, SDK, raw, SDK, ...) so that both sides see the same load of a shared machine; both
+        # producers stay connected (and have their producer ids) across rounds.
+        say(f"raw Kafka produce and SDK produce, {n} records each, alternating, median of {args.rounds} rounds")
+        KafkaAdmin(kafka).ensure_topics([TopicSpec(raw_topic, args.partitions)])
+        producer = Producer(producer_config(kafka))
+        raw_produce_round(producer, raw_topic, records[:1])
+        loop = asyncio.new_event_loop()
+        writer = loop.run_until_complete(sdk_writer(kafka, ns))
         profiler = None
         if args.profile_sdk:
             import cProfile
 
             profiler = cProfile.Profile()
-            profiler.enable()
+        raw_s, sdk_s = [], []
         try:
-            sdk_s = sdk_produce(kafka, ns, n, args.in_flight)
+            for _ in range(args.rounds):
+                watch.phase = "raw kafka"
+                raw_s.append(raw_produce_round(producer, raw_topic, records))
+                watch.phase = "sdk produce"
+                if profiler is not None:
+                    profiler.enable()
+                sdk_s.append(loop.run_until_complete(sdk_round(writer, ns, n, args.in_flight)))
+                if profiler is not None:
+                    profiler.disable()
+                say(f"  raw kafka produce {rate(n, raw_s[-1]):,.0f}/s, SDK produce {rate(n, sdk_s[-1]):,.0f}/s")
         finally:
+            writer.close(10)
+            loop.close()
             if profiler is not None:
-                profiler.disable()
                 profiler.dump_stats(args.profile_sdk)
                 say(f"  SDK profile (main thread only) written to {args.profile_sdk}")
-        figures["sdk_produce_rate"] = rate(n, sdk_s)
-        say(f"  SDK produce: {figures['sdk_produce_rate']:,.0f}/s")
+        del records
+        figures["raw_kafka_produce_rate"] = rate(n, statistics.median(raw_s))
+        figures["sdk_produce_rate"] = rate(n, statistics.median(sdk_s))
         figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
+        # Per round, the ratio of two figures measured seconds apart: its spread says how noisy the machine was.
+        figures["round_ratios"] = [round(r / s, 3) for r, s in zip(raw_s, sdk_s, strict=True)]
+        figures["rounds"] = args.rounds
         figures["frozen_service_seconds"] = dict(watch.frozen)
         figures["valid"] = not watch.frozen
         return figures
@@ -1419,6 +1445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="produce: only the raw Kafka produce bound and the SDK's produce rate (Kafka alone; seconds, not minutes)",
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="with --only produce: alternating raw and SDK rounds (default 3)"
+    )
+    parser.add_argument(
         "--profile-sdk",
         metavar="FILE",
         help="with --only produce: run the SDK phase under cProfile and write the profile here (slower: figures are "
@@ -1445,7 +1474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only == "produce":
         print(
             f"\nraw Kafka produce {figures['raw_kafka_produce_rate']:,.0f}/s, SDK produce "
-            f"{figures['sdk_produce_rate']:,.0f}/s: SDK / raw {figures['ratio_sdk_vs_raw_kafka_produce']:.3f}"
+            f"{figures['sdk_produce_rate']:,.0f}/s: SDK / raw {figures['ratio_sdk_vs_raw_kafka_produce']:.3f} "
+            f"(per round: {', '.join(f'{r:.3f}' for r in figures['round_ratios'])})"
             + ("" if figures["valid"] else "  (NOT VALID: a stack service was stopped while measuring)")
         )
         print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
