@@ -115,10 +115,28 @@ class _Format(Generic[T]):
 _ONE_BYTE = [bytes((i,)) for i in range(128)]
 
 
+# Continuation bits of a varint of k bytes (on every byte but the last), as a little-endian integer.
+_CONTINUED = [0] + [int.from_bytes(b"\x80" * (k - 1) + b"\x00", "little") for k in range(1, 9)]
+
+
 def _long(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _ONE_BYTE[n]
+    if n < 1 << 56:
+        # Up to 8 groups of 7 bits, spread one per byte at once (a sequence in microseconds takes 8).
+        spread = (
+            (n & 0x7F)
+            | (n << 1 & 0x7F00)
+            | (n << 2 & 0x7F0000)
+            | (n << 3 & 0x7F000000)
+            | (n << 4 & 0x7F00000000)
+            | (n << 5 & 0x7F0000000000)
+            | (n << 6 & 0x7F000000000000)
+            | (n << 7 & 0x7F00000000000000)
+        )
+        size = (n.bit_length() + 6) // 7
+        return (spread | _CONTINUED[size]).to_bytes(size, "little")
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)

@@ -395,3 +395,13 @@ def test_confluent_framed_entry_uses_the_same_body() -> None:
     framed = Codec(schema_ids={"WalEntry": 7}).encode_entry(an_entry())
     assert framed[:5] == CONFLUENT_MAGIC + (7).to_bytes(4, "big")
     assert framed[5:] == reference_entry_bytes(an_entry())[10:]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.sampled_from([0, 63, 64, 2**55 - 1, 2**55, 2**63 - 1]))
+def test_hand_encoded_long_is_avros(n: int) -> None:
+    from streams.codec import _long
+
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", n)
+    assert _long(n) == out.getvalue()
