@@ -260,17 +260,19 @@ def new_entry(
 ) -> WalEntry:
     """A new entry with a fresh id; its sequence defaults to its write time in microseconds (last writer wins)."""
     written_us = time.time_ns() // 1_000 if now_us is None else now_us
+    # Positional: matching eleven keywords costs more than building the entry (the SDK builds one per write).
     return WalEntry(
-        entry_id=new_entry_id(),
-        namespace=namespace,
-        key=key,
-        op=op,
-        sequence=written_us if sequence is None else sequence,
-        payload=payload,
-        lifecycle=Lifecycle(original_write_time=written_us, delay_ms=delay_ms, jitter_ms=jitter_ms),
-        targets=tuple(targets),
-        idempotency_key=idempotency_key,
-        headers=headers or _NO_HEADERS,  # copied and checked by WalEntry
+        new_entry_id(),
+        namespace,
+        key,
+        op,
+        written_us if sequence is None else sequence,
+        payload,
+        Lifecycle(written_us, delay_ms, jitter_ms),
+        targets if type(targets) is tuple else tuple(targets),
+        idempotency_key,
+        None,  # batch
+        headers or _NO_HEADERS,  # copied and checked by WalEntry
     )
 
 
