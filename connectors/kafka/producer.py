@@ -116,10 +116,17 @@ class DurableProducer:
             future.set_result([])
             return future
         batch = _Batch(loop, future, records, self._reports)
+        produce, reporter = self._producer.produce, batch.reporter
         for index, record in enumerate(records):
-            self._produce(
-                record.topic, record.key, record.value, record.headers, record.partition, batch.reporter(index)
-            )
+            report = reporter(index)
+            headers = record.headers
+            if record.partition is None and type(headers) is list:
+                try:  # the usual record, sent at once; anything else goes the long way below
+                    produce(record.topic, record.value, record.key, on_delivery=report, headers=headers)
+                    continue
+                except (BufferError, KafkaException):
+                    pass
+            self._produce(record.topic, record.key, record.value, headers, record.partition, report)
         return future
 
     def _produce(
@@ -200,9 +207,15 @@ class _Batch:
 
     def _answers(self, _unused: None) -> list[Delivery]:
         """In the loop: one Delivery per record, in order, each with its entry id."""
-        return [
-            _delivery(err, msg, record.entry_id) for (err, msg), record in zip(self._raw, self._records, strict=True)
-        ]
+        answers = []
+        for (err, msg), record in zip(self._raw, self._records, strict=True):
+            if err is None and msg is not None:  # delivered: the record names its topic already
+                answers.append(
+                    Delivery(Durable.TRUE, "", record.topic, msg.partition() or 0, msg.offset() or 0, record.entry_id)
+                )
+            else:
+                answers.append(_delivery(err, msg, record.entry_id))
+        return answers
 
 
 def _settle(reports: list[_Report]) -> None:
