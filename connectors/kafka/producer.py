@@ -177,9 +177,14 @@ class DurableProducer:
 
 class _Batch:
     """The answers of one ``send_many``: raw reports kept from the delivery callbacks; once all are in, the batch
-    is queued to its loop, which turns them into Deliveries."""
+    is queued to its loop, which turns them into Deliveries.
 
-    __slots__ = ("_count", "_future", "_loop", "_raw", "_records", "_remaining", "_reports")
+    It keeps as few objects alive as it can while the records are in flight (the records' ids and topics, not the
+    records; one small callable per record): thousands of writes in flight otherwise fill the collector's oldest
+    generation and make it run full collections, which cost more than the writes.
+    """
+
+    __slots__ = ("count", "errors", "future", "ids", "loop", "messages", "remaining", "reports", "topics")
 
     def __init__(
         self,
@@ -188,34 +193,46 @@ class _Batch:
         records: Sequence[Outgoing],
         reports: collections.deque[_Report],
     ) -> None:
-        self._loop = loop
-        self._future = future
-        self._records = records
-        self._reports = reports
-        self._raw: list[tuple[KafkaError | None, Message | None]] = [(None, None)] * len(records)
-        self._count = len(records)
+        self.loop = loop
+        self.future = future
+        self.reports = reports
+        self.ids = [r.entry_id for r in records]
+        self.topics = [r.topic for r in records]
+        self.count = len(records)
+        self.errors: list[KafkaError | None] = [None] * self.count
+        self.messages: list[Message | None] = [None] * self.count
         # next() on a count is atomic: callbacks from two threads (poll, flush) cannot both see the last one.
-        self._remaining = itertools.count(1)
+        self.remaining = itertools.count(1)
 
-    def reporter(self, index: int) -> Callable[[KafkaError | None, Message | None], None]:
-        def report(err: KafkaError | None, msg: Message | None) -> None:
-            self._raw[index] = (err, msg)
-            if next(self._remaining) == self._count:
-                self._reports.append((self._loop, self._future, _Batch._answers, self, None))
+    def reporter(self, index: int) -> _Reporter:
+        return _Reporter(self, index)
 
-        return report
-
-    def _answers(self, _unused: None) -> list[Delivery]:
+    def answers(self, _unused: None) -> list[Delivery]:
         """In the loop: one Delivery per record, in order, each with its entry id."""
         answers = []
-        for (err, msg), record in zip(self._raw, self._records, strict=True):
-            if err is None and msg is not None:  # delivered: the record names its topic already
-                answers.append(
-                    Delivery(Durable.TRUE, "", record.topic, msg.partition() or 0, msg.offset() or 0, record.entry_id)
-                )
+        for err, msg, topic, entry_id in zip(self.errors, self.messages, self.topics, self.ids, strict=True):
+            if err is None and msg is not None:  # delivered: the record named its topic already
+                answers.append(Delivery(Durable.TRUE, "", topic, msg.partition() or 0, msg.offset() or 0, entry_id))
             else:
-                answers.append(_delivery(err, msg, record.entry_id))
+                answers.append(_delivery(err, msg, entry_id))
         return answers
+
+
+class _Reporter:
+    """The delivery callback of one record of a batch."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def __call__(self, err: KafkaError | None, msg: Message | None) -> None:
+        batch, index = self.batch, self.index
+        batch.errors[index] = err
+        batch.messages[index] = msg
+        if next(batch.remaining) == batch.count:
+            batch.reports.append((batch.loop, batch.future, _Batch.answers, batch, None))
 
 
 def _settle(reports: list[_Report]) -> None:
