@@ -100,12 +100,7 @@ class DurableProducer:
         """Enqueue and return the future, so many sends can be awaited together."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
-        append = self._reports.append
-
-        def report(err: KafkaError | None, msg: Message | None) -> None:
-            append((loop, future, _delivery, err, msg))
-
-        self._produce(topic, key, value, headers, partition, report)
+        self._produce(topic, key, value, headers, partition, _SingleReporter(loop, future, self._reports))
         return future
 
     def send_many(self, records: Sequence[Outgoing]) -> asyncio.Future[list[Delivery]]:
@@ -120,9 +115,10 @@ class DurableProducer:
         for index, record in enumerate(records):
             report = reporter(index)
             headers = record.headers
-            if record.partition is None and type(headers) is list:
+            listed = headers if isinstance(headers, list) else None
+            if record.partition is None and (listed is not None or not headers):
                 try:  # the usual record, sent at once; anything else goes the long way below
-                    produce(record.topic, record.value, record.key, on_delivery=report, headers=headers)
+                    produce(record.topic, record.value, record.key, on_delivery=report, headers=listed or None)
                     continue
                 except (BufferError, KafkaException):
                     pass
@@ -216,6 +212,22 @@ class _Batch:
             else:
                 answers.append(_delivery(err, msg, entry_id))
         return answers
+
+
+class _SingleReporter:
+    """The delivery callback of one ``send_nowait`` (one small object, like a batch's ``_Reporter``)."""
+
+    __slots__ = ("future", "loop", "reports")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Delivery], reports: collections.deque[_Report]
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.reports = reports
+
+    def __call__(self, err: KafkaError | None, msg: Message | None) -> None:
+        self.reports.append((self.loop, self.future, _delivery, err, msg))
 
 
 class _Reporter:
