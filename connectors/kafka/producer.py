@@ -172,15 +172,28 @@ class DurableProducer:
 
 
 class _Batch:
-    """The answers of one ``send_many``: raw reports kept from the delivery callbacks; once all are in, the batch
-    is queued to its loop, which turns them into Deliveries.
+    """The answers of one ``send_many``, filled in by the delivery callbacks; once all are in, the batch is queued
+    to its loop, which turns them into Deliveries.
 
     It keeps as few objects alive as it can while the records are in flight (the records' ids and topics, not the
-    records; one small callable per record): thousands of writes in flight otherwise fill the collector's oldest
-    generation and make it run full collections, which cost more than the writes.
+    records; a delivered record's partition and offset, not its message; one small callable per record):
+    thousands of writes in flight otherwise fill the collector's oldest generation and make it run full
+    collections, which cost more than the writes.
     """
 
-    __slots__ = ("count", "errors", "future", "ids", "loop", "messages", "remaining", "reports", "topics")
+    __slots__ = (
+        "count",
+        "errors",
+        "failed",
+        "future",
+        "ids",
+        "loop",
+        "offsets",
+        "partitions",
+        "remaining",
+        "reports",
+        "topics",
+    )
 
     def __init__(
         self,
@@ -195,8 +208,10 @@ class _Batch:
         self.ids = [r.entry_id for r in records]
         self.topics = [r.topic for r in records]
         self.count = len(records)
+        self.partitions = [0] * self.count
+        self.offsets = [0] * self.count
         self.errors: list[KafkaError | None] = [None] * self.count
-        self.messages: list[Message | None] = [None] * self.count
+        self.failed: list[int] = []  # the records answered with an error (or none at all)
         # next() on a count is atomic: callbacks from two threads (poll, flush) cannot both see the last one.
         self.remaining = itertools.count(1)
 
@@ -205,12 +220,15 @@ class _Batch:
 
     def answers(self, _unused: None) -> list[Delivery]:
         """In the loop: one Delivery per record, in order, each with its entry id."""
-        answers = []
-        for err, msg, topic, entry_id in zip(self.errors, self.messages, self.topics, self.ids, strict=True):
-            if err is None and msg is not None:  # delivered: the record named its topic already
-                answers.append(Delivery(Durable.TRUE, "", topic, msg.partition() or 0, msg.offset() or 0, entry_id))
-            else:
-                answers.append(_delivery(err, msg, entry_id))
+        true = Durable.TRUE
+        answers = [
+            Delivery(true, "", topic, partition, offset, entry_id)
+            for topic, partition, offset, entry_id in zip(
+                self.topics, self.partitions, self.offsets, self.ids, strict=True
+            )
+        ]
+        for index in self.failed:
+            answers[index] = _delivery(self.errors[index], None, self.ids[index])
         return answers
 
 
@@ -241,8 +259,12 @@ class _Reporter:
 
     def __call__(self, err: KafkaError | None, msg: Message | None) -> None:
         batch, index = self.batch, self.index
-        batch.errors[index] = err
-        batch.messages[index] = msg
+        if err is None and msg is not None:  # keep the two numbers, not the message (fewer objects alive)
+            batch.partitions[index] = msg.partition() or 0
+            batch.offsets[index] = msg.offset() or 0
+        else:
+            batch.errors[index] = err
+            batch.failed.append(index)
         if next(batch.remaining) == batch.count:
             batch.reports.append((batch.loop, batch.future, _Batch.answers, batch, None))
 
