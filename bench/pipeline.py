@@ -734,8 +734,10 @@ async def sdk_writer(kafka: KafkaAccess, ns: Namespace) -> WalWriter:
 
 async def sdk_round(writer: WalWriter, ns: Namespace, n: int, in_flight: int) -> float:
     """The SDK's side of the raw produce bound: the same N documents written through the writer (validated,
-    encoded, each answered with its own durable Delivery); seconds from the first write to the last answer."""
-    first, last, failures = await produce_all(writer, ns.name, n, in_flight)
+    encoded, each answered with its own durable Delivery); seconds from the first write to the last answer.
+    Like the raw bound's records, the keys and documents are made before the clock starts."""
+    inputs = [(key_of(i), document(i)) for i in range(n)]
+    first, last, failures = await produce_all(writer, ns.name, n, in_flight, inputs=inputs)
     if failures:
         raise BenchError(f"{len(failures)} of {n} SDK writes were not durable, first: {failures[0]}")
     return last - first
@@ -781,10 +783,16 @@ async def wait_until(
 
 
 async def produce_all(
-    writer: WalWriter, namespace: str, n: int, in_flight: int, chunk: int = 500
+    writer: WalWriter,
+    namespace: str,
+    n: int,
+    in_flight: int,
+    chunk: int = 500,
+    inputs: Sequence[tuple[str, dict[str, Any]]] | None = None,
 ) -> tuple[float, float, list[str]]:
     """Write N upserts through the SDK, prepared and written ``chunk`` at a time with ``write_many`` (its bulk
-    call), up to ``in_flight`` entries outstanding; returns (first write, last ack, failures)."""
+    call), up to ``in_flight`` entries outstanding; returns (first write, last ack, failures). ``inputs``: the
+    (key, document) pairs made beforehand, as the raw bound's records are."""
     limit = asyncio.Semaphore(max(1, in_flight // chunk))
     failures: list[str] = []
     last_ack = 0.0
@@ -793,7 +801,10 @@ async def produce_all(
         nonlocal last_ack
         try:
             end = min(start + chunk, n)
-            entries = [writer.prepare(namespace, key_of(i), Op.UPSERT, document(i)) for i in range(start, end)]
+            if inputs is None:
+                entries = [writer.prepare(namespace, key_of(i), Op.UPSERT, document(i)) for i in range(start, end)]
+            else:
+                entries = [writer.prepare(namespace, key, Op.UPSERT, doc) for key, doc in inputs[start:end]]
             for entry, result in zip(entries, await writer.write_many(entries), strict=True):
                 if result.durable is not Durable.TRUE:
                     failures.append(f"{entry.key}: {result.durable.value} {result.message}")
