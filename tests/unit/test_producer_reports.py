@@ -8,26 +8,15 @@ import collections
 import threading
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 
 from connectors.kafka.producer import DurableProducer, _Batch, _Report, _SingleReporter
 from streams.ports import Delivery, Durable, Outgoing
 
 
-class Msg:
+def stored(partition: int, offset: int, topic: str = "t") -> Message:
     """What a delivery callback gets for a stored record."""
-
-    def __init__(self, partition: int, offset: int, topic: str = "t") -> None:
-        self._partition, self._offset, self._topic = partition, offset, topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def topic(self) -> str:
-        return self._topic
+    return Message(topic=topic, partition=partition, offset=offset)
 
 
 def handing_over(reports: collections.deque[_Report]) -> Any:
@@ -45,11 +34,11 @@ def test_a_batch_answers_in_record_order_with_entry_ids_and_reasons() -> None:
         records = [Outgoing(f"wal.ns{i}", b"k", b"v", [], None, f"id-{i}") for i in range(4)]
         batch = _Batch(loop, future, records, reports)
         reporters = [batch.reporter(i) for i in range(4)]
-        reporters[2](None, Msg(1, 30))
+        reporters[2](None, stored(1, 30))
         reporters[0](KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
         reporters[3](KafkaError(KafkaError._MSG_TIMED_OUT), None)
         assert not reports  # not complete yet
-        reporters[1](None, Msg(0, 7))
+        reporters[1](None, stored(0, 7))
         assert len(reports) == 1
         handing_over(reports)._hand_over()
         assert not reports
@@ -74,7 +63,7 @@ def test_reports_from_two_threads_complete_a_batch_once() -> None:
 
         def serve(part: range) -> None:
             for i in part:
-                reporters[i](None, Msg(0, i))
+                reporters[i](None, stored(0, i))
 
         threads = [threading.Thread(target=serve, args=(range(k, n, 2),)) for k in (0, 1)]
         for t in threads:
@@ -101,7 +90,7 @@ def test_one_hand_over_serves_every_loop_and_skips_cancelled_futures() -> None:
             futures = [loop.create_future() for _ in range(3)]
             futures[1].cancel()
             for i, future in enumerate(futures):
-                _SingleReporter(loop, future, reports)(None, Msg(0, i))
+                _SingleReporter(loop, future, reports)(None, stored(0, i))
             ready.set()
             await asyncio.wait_for(asyncio.gather(futures[0], futures[2]), 5)
             results[name] = [futures[0].result().offset, futures[1].cancelled(), futures[2].result().offset]
@@ -126,6 +115,6 @@ def test_a_closed_loop_is_skipped() -> None:
     loop = asyncio.new_event_loop()
     future = loop.create_future()
     loop.close()
-    _SingleReporter(loop, future, reports)(None, Msg(0, 1))
+    _SingleReporter(loop, future, reports)(None, stored(0, 1))
     handing_over(reports)._hand_over()  # no error: nobody waits for that answer
     assert not reports
