@@ -1,12 +1,16 @@
 """End-to-end throughput of the fan-out pipeline against raw bounds measured in the same run on the same stack.
 
     .venv/bin/python bench/pipeline.py [--entries N] [--secure | --own-stack]
+    .venv/bin/python bench/pipeline.py --only produce [--rounds R] [--profile-sdk FILE]
 
 What it measures (DESIGN.md, "How we measure"):
 
 * raw bounds, same payloads and versioning as the sinks use:
   - confluent-kafka produce (the SDK's producer settings: acks=all, idempotence, lz4) and consume of N WAL
     records from a scratch topic (median of 3 rounds: one round lasts only tens of milliseconds);
+  - the SDK's produce, compared with the raw produce like with like: the same N documents written through a
+    ``WalWriter`` (validated, encoded, each answered with its own durable Delivery), alone on the machine as the raw
+    bound is, its rounds alternating with the raw ones (``--only produce`` measures just these two, in seconds);
   - Cassandra: a prepared ``INSERT ... USING TIMESTAMP ?`` through ``execute_concurrent_with_args``;
   - Elasticsearch: ``_bulk`` (``helpers.bulk``, external versions) in batches of 1000;
 * the pipeline: a fresh namespace (Cassandra + Elasticsearch targets), a ``walstream worker`` subprocess, N
@@ -619,16 +623,17 @@ def raw_kafka(
     partitions: int,
     records: Sequence[tuple[bytes, bytes]],
     rounds: int = 3,
-    consume: bool = True,
+    produce: bool = True,
 ) -> dict[str, float]:
-    """Produce the N records ``rounds`` times, then (``consume``) consume N records ``rounds`` times (each with a
-    fresh consumer); the median round counts: one round of 20000 small records takes only tens of milliseconds."""
-    KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
-    producer = Producer(producer_config(kafka))
-    producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
-    produce_times = [raw_produce_round(producer, topic, records) for _ in range(rounds)]
-    if not consume:
-        return {"produce_s": statistics.median(produce_times)}
+    """Produce the N records ``rounds`` times (unless ``produce`` is off: they are in the topic already), then
+    consume N records ``rounds`` times (each with a fresh consumer); the median round counts: one round of 20000
+    small records takes only tens of milliseconds."""
+    figures: dict[str, float] = {}
+    if produce:
+        KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
+        producer = Producer(producer_config(kafka))
+        producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
+        figures["produce_s"] = statistics.median(raw_produce_round(producer, topic, records) for _ in range(rounds))
 
     probe_consumer = Consumer({**client_config(kafka), "group.id": f"bench-raw-{secrets.token_hex(4)}"})
     try:
@@ -662,11 +667,9 @@ def raw_kafka(
             consume_times.append(time.perf_counter() - started)
         finally:
             consumer.close()
-    return {
-        "produce_s": statistics.median(produce_times),
-        "consume_s": statistics.median(consume_times),
-        "avg_record_bytes": size / max(got, 1),
-    }
+    figures["consume_s"] = statistics.median(consume_times)
+    figures["avg_record_bytes"] = size / max(got, 1)
+    return figures
 
 
 def raw_cassandra(session: Session, keyspace: str, table: str, n: int, concurrency: int) -> float:
@@ -743,17 +746,62 @@ async def sdk_round(writer: WalWriter, ns: Namespace, n: int, in_flight: int) ->
     return last - first
 
 
-def sdk_produce(kafka: KafkaAccess, ns: Namespace, n: int, in_flight: int, rounds: int = 3) -> float:
-    """``rounds`` SDK rounds alone (nothing else of the bench runs), like the raw bound; the median's seconds."""
+def produce_rounds(
+    kafka: KafkaAccess,
+    raw_topic: str,
+    ns: Namespace,
+    records: Sequence[tuple[bytes, bytes]],
+    in_flight: int,
+    rounds: int,
+    watch: StackWatch,
+    profile: str | None = None,
+) -> tuple[list[float], list[float]]:
+    """The raw produce bound and the SDK's produce, compared like with like: the same N documents, the same producer
+    settings (acks=all, idempotence), both producers connected (with their producer ids) before any clock starts,
+    nothing else of the bench running, and the rounds alternating (raw, SDK, raw, SDK, ...) so that both sides
+    see the same load of a shared machine. Returns the seconds of each raw round and of each SDK round.
+    ``profile``: run the SDK rounds under cProfile and write the profile there (main thread only)."""
+    n = len(records)
+    KafkaAdmin(kafka).ensure_topics([TopicSpec(raw_topic, ns.partitions)])
+    producer = Producer(producer_config(kafka))
+    raw_produce_round(producer, raw_topic, records[:1])
+    loop = asyncio.new_event_loop()
+    writer = loop.run_until_complete(sdk_writer(kafka, ns))
+    profiler = None
+    if profile:
+        import cProfile
 
-    async def all_rounds() -> list[float]:
-        writer = await sdk_writer(kafka, ns)
-        try:
-            return [await sdk_round(writer, ns, n, in_flight) for _ in range(rounds)]
-        finally:
-            writer.close(10)
+        profiler = cProfile.Profile()
+    raw_s: list[float] = []
+    sdk_s: list[float] = []
+    try:
+        for _ in range(rounds):
+            watch.phase = "raw kafka"
+            raw_s.append(raw_produce_round(producer, raw_topic, records))
+            watch.phase = "sdk produce"
+            if profiler is not None:
+                profiler.enable()
+            sdk_s.append(loop.run_until_complete(sdk_round(writer, ns, n, in_flight)))
+            if profiler is not None:
+                profiler.disable()
+            say(f"  raw kafka produce {rate(n, raw_s[-1]):,.0f}/s, SDK produce {rate(n, sdk_s[-1]):,.0f}/s")
+    finally:
+        writer.close(10)
+        loop.close()
+        if profiler is not None and profile:
+            profiler.dump_stats(profile)
+            say(f"  SDK profile (main thread only) written to {profile}")
+    return raw_s, sdk_s
 
-    return statistics.median(asyncio.run(all_rounds()))
+
+def produce_figures(n: int, raw_s: Sequence[float], sdk_s: Sequence[float]) -> dict[str, Any]:
+    return {
+        "raw_kafka_produce_rate": rate(n, statistics.median(raw_s)),
+        "sdk_produce_rate": rate(n, statistics.median(sdk_s)),
+        "ratio_sdk_vs_raw_kafka_produce": statistics.median(raw_s) / statistics.median(sdk_s),
+        # Per round, the ratio of two figures measured seconds apart: its spread says how noisy the machine was.
+        "produce_round_ratios": [round(r / s, 3) for r, s in zip(raw_s, sdk_s, strict=True)],
+    }
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------------
@@ -1118,21 +1166,20 @@ def measure(
             raw_elasticsearch(es, raw_index.index, n, args.es_batch)
             figures["warm_up_s"] = round(time.perf_counter() - started, 1)
         say(f"raw bounds, {n} records each")
+        say("  kafka produce and SDK produce (alone, alternating rounds)")
+        sdk_ns = scratch_namespace(tmp / "sdk", f"{name}_sdk", suffix, args.partitions)
+        cleanup.push("delete the SDK phase's log", lambda: admin.delete_topics([topics.wal_topic(sdk_ns.name)]))
+        raw_s, sdk_s = produce_rounds(kafka, raw_topic, sdk_ns, records, args.in_flight, 3, watch)
+        figures.update(produce_figures(n, raw_s, sdk_s))
         watch.phase = "raw kafka"
-        raw = raw_kafka(kafka, raw_topic, args.partitions, records)
+        raw = raw_kafka(kafka, raw_topic, args.partitions, records, produce=False)
         del records
-        figures["raw_kafka_produce_rate"] = rate(n, raw["produce_s"])
         figures["raw_kafka_consume_rate"] = rate(n, raw["consume_s"])
         figures["avg_wal_record_bytes"] = round(raw["avg_record_bytes"], 1)
         say(
             f"  kafka: produce {figures['raw_kafka_produce_rate']:,.0f}/s, "
-            f"consume {figures['raw_kafka_consume_rate']:,.0f}/s"
+            f"consume {figures['raw_kafka_consume_rate']:,.0f}/s; SDK produce {figures['sdk_produce_rate']:,.0f}/s"
         )
-        watch.phase = "sdk produce"
-        sdk_ns = scratch_namespace(tmp / "sdk", f"{name}_sdk", suffix, args.partitions)
-        cleanup.push("delete the SDK phase's log", lambda: admin.delete_topics([topics.wal_topic(sdk_ns.name)]))
-        figures["sdk_produce_rate"] = rate(n, sdk_produce(kafka, sdk_ns, n, args.in_flight))
-        say(f"  SDK produce (alone, like the raw bound): {figures['sdk_produce_rate']:,.0f}/s")
         watch.phase = "raw cassandra"
         cass_s = raw_cassandra(session, raw_table.keyspace, raw_table.table, n, args.cassandra_concurrency)
         figures["raw_cassandra_rate"] = rate(n, cass_s)
@@ -1216,12 +1263,11 @@ def measure(
         figures["slowest_raw_sink"] = "cassandra" if slowest == figures["raw_cassandra_rate"] else "elasticsearch"
         figures["ratio_vs_slowest_raw_sink"] = figures["pipeline_rate"] / slowest
         figures["ratio_vs_raw_kafka_consume"] = figures["pipeline_rate"] / figures["raw_kafka_consume_rate"]
-        figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
         figures["target_ratio"] = args.target
         figures["frozen_service_seconds"] = {
             phase: per
             for phase, per in watch.frozen.items()
-            if phase in ("raw kafka", "raw cassandra", "raw elasticsearch", "pipeline")
+            if phase in ("raw kafka", "sdk produce", "raw cassandra", "raw elasticsearch", "pipeline")
         }
         # A figure taken while a service was frozen by somebody else says nothing about walstream.
         figures["valid"] = not figures["frozen_service_seconds"]
@@ -1264,43 +1310,12 @@ def measure_produce(args: argparse.Namespace, endpoints: Endpoints, stack_pids: 
         raw_topic = f"bench.{suffix}.raw"
         cleanup.push("delete the scratch topics", lambda: admin.delete_topics([raw_topic, topics.wal_topic(ns.name)]))
         records = wal_records(ns, n)
-        # Rounds alternate (raw, SDK, raw, SDK, ...) so that both sides see the same load of a shared machine; both
-        # producers stay connected (and have their producer ids) across rounds.
         say(f"raw Kafka produce and SDK produce, {n} records each, alternating, median of {args.rounds} rounds")
-        KafkaAdmin(kafka).ensure_topics([TopicSpec(raw_topic, args.partitions)])
-        producer = Producer(producer_config(kafka))
-        raw_produce_round(producer, raw_topic, records[:1])
-        loop = asyncio.new_event_loop()
-        writer = loop.run_until_complete(sdk_writer(kafka, ns))
-        profiler = None
-        if args.profile_sdk:
-            import cProfile
-
-            profiler = cProfile.Profile()
-        raw_s, sdk_s = [], []
-        try:
-            for _ in range(args.rounds):
-                watch.phase = "raw kafka"
-                raw_s.append(raw_produce_round(producer, raw_topic, records))
-                watch.phase = "sdk produce"
-                if profiler is not None:
-                    profiler.enable()
-                sdk_s.append(loop.run_until_complete(sdk_round(writer, ns, n, args.in_flight)))
-                if profiler is not None:
-                    profiler.disable()
-                say(f"  raw kafka produce {rate(n, raw_s[-1]):,.0f}/s, SDK produce {rate(n, sdk_s[-1]):,.0f}/s")
-        finally:
-            writer.close(10)
-            loop.close()
-            if profiler is not None:
-                profiler.dump_stats(args.profile_sdk)
-                say(f"  SDK profile (main thread only) written to {args.profile_sdk}")
+        raw_s, sdk_s = produce_rounds(
+            kafka, raw_topic, ns, records, args.in_flight, args.rounds, watch, args.profile_sdk
+        )
         del records
-        figures["raw_kafka_produce_rate"] = rate(n, statistics.median(raw_s))
-        figures["sdk_produce_rate"] = rate(n, statistics.median(sdk_s))
-        figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
-        # Per round, the ratio of two figures measured seconds apart: its spread says how noisy the machine was.
-        figures["round_ratios"] = [round(r / s, 3) for r, s in zip(raw_s, sdk_s, strict=True)]
+        figures.update(produce_figures(n, raw_s, sdk_s))
         figures["rounds"] = args.rounds
         figures["frozen_service_seconds"] = dict(watch.frozen)
         figures["valid"] = not watch.frozen
@@ -1486,7 +1501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\nraw Kafka produce {figures['raw_kafka_produce_rate']:,.0f}/s, SDK produce "
             f"{figures['sdk_produce_rate']:,.0f}/s: SDK / raw {figures['ratio_sdk_vs_raw_kafka_produce']:.3f} "
-            f"(per round: {', '.join(f'{r:.3f}' for r in figures['round_ratios'])})"
+            f"(per round: {', '.join(f'{r:.3f}' for r in figures['produce_round_ratios'])})"
             + ("" if figures["valid"] else "  (NOT VALID: a stack service was stopped while measuring)")
         )
         print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
