@@ -1,12 +1,16 @@
 """End-to-end throughput of the fan-out pipeline against raw bounds measured in the same run on the same stack.
 
     .venv/bin/python bench/pipeline.py [--entries N] [--secure | --own-stack]
+    .venv/bin/python bench/pipeline.py --only produce [--rounds R] [--profile-sdk FILE]
 
 What it measures (DESIGN.md, "How we measure"):
 
 * raw bounds, same payloads and versioning as the sinks use:
   - confluent-kafka produce (the SDK's producer settings: acks=all, idempotence, lz4) and consume of N WAL
     records from a scratch topic (median of 3 rounds: one round lasts only tens of milliseconds);
+  - the SDK's produce, compared with the raw produce like with like: the same N documents written through a
+    ``WalWriter`` (validated, encoded, each answered with its own durable Delivery), alone on the machine as the raw
+    bound is, its rounds alternating with the raw ones (``--only produce`` measures just these two, in seconds);
   - Cassandra: a prepared ``INSERT ... USING TIMESTAMP ?`` through ``execute_concurrent_with_args``;
   - Elasticsearch: ``_bulk`` (``helpers.bulk``, external versions) in batches of 1000;
 * the pipeline: a fresh namespace (Cassandra + Elasticsearch targets), a ``walstream worker`` subprocess, N
@@ -135,6 +139,14 @@ def namespace_document(name: str, suffix: str, partitions: int) -> dict[str, Any
             },
         },
     }
+
+
+def scratch_namespace(folder: Path, name: str, suffix: str, partitions: int) -> Namespace:
+    """A namespace of the bench's shape, loaded from a file in ``folder`` (only its log topic is ever created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(namespace_document(name, suffix, partitions), sort_keys=False))
+    return load_namespace(path)
 
 
 # -- stack -------------------------------------------------------------------------------------------------------------
@@ -583,34 +595,45 @@ def wal_records(ns: Namespace, n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def raw_kafka(
-    kafka: KafkaAccess, topic: str, partitions: int, records: Sequence[tuple[bytes, bytes]], rounds: int = 3
-) -> dict[str, float]:
-    """Produce the N records ``rounds`` times, then consume N records ``rounds`` times (each with a fresh consumer);
-    the median round counts: one round of 20000 small records takes only tens of milliseconds."""
-    KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
-    producer = Producer(producer_config(kafka))
-    producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
+def raw_produce_round(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
+    """Seconds to produce the records and have every one acknowledged (acks=all)."""
     failures: list[str] = []
 
     def report(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             failures.append(str(err))
 
-    produce_times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value, on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        if producer.flush(60) or failures:
-            raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
-        produce_times.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60) or failures:
+        raise BenchError(f"raw produce to {topic} failed: {failures[:1] or 'flush timed out'}")
+    return time.perf_counter() - started
+
+
+def raw_kafka(
+    kafka: KafkaAccess,
+    topic: str,
+    partitions: int,
+    records: Sequence[tuple[bytes, bytes]],
+    rounds: int = 3,
+    produce: bool = True,
+) -> dict[str, float]:
+    """Produce the N records ``rounds`` times (unless ``produce`` is off: they are in the topic already), then
+    consume N records ``rounds`` times (each with a fresh consumer); the median round counts: one round of 20000
+    small records takes only tens of milliseconds."""
+    figures: dict[str, float] = {}
+    if produce:
+        KafkaAdmin(kafka).ensure_topics([TopicSpec(topic, partitions)])
+        producer = Producer(producer_config(kafka))
+        producer.list_topics(topic, timeout=10)  # connect and learn the leaders before the clock starts
+        figures["produce_s"] = statistics.median(raw_produce_round(producer, topic, records) for _ in range(rounds))
 
     probe_consumer = Consumer({**client_config(kafka), "group.id": f"bench-raw-{secrets.token_hex(4)}"})
     try:
@@ -644,11 +667,9 @@ def raw_kafka(
             consume_times.append(time.perf_counter() - started)
         finally:
             consumer.close()
-    return {
-        "produce_s": statistics.median(produce_times),
-        "consume_s": statistics.median(consume_times),
-        "avg_record_bytes": size / max(got, 1),
-    }
+    figures["consume_s"] = statistics.median(consume_times)
+    figures["avg_record_bytes"] = size / max(got, 1)
+    return figures
 
 
 def raw_cassandra(session: Session, keyspace: str, table: str, n: int, concurrency: int) -> float:
@@ -703,6 +724,86 @@ def es_count(es: Elasticsearch, index: str) -> int:
     return int(es.count(index=index)["count"])
 
 
+async def sdk_writer(kafka: KafkaAccess, ns: Namespace) -> WalWriter:
+    """A WalWriter on the namespace's log, connected (one durable write done) before any clock starts."""
+    KafkaAdmin(kafka).ensure_topics([TopicSpec(topics.wal_topic(ns.name), ns.partitions)])
+    writer = WalWriter(kafka, {ns.name: ns})
+    warm = await writer.write(ns.name, "warmup", Op.UPSERT, document(0))
+    if not warm.ok:
+        writer.close(10)
+        raise BenchError(f"SDK warm-up write not durable: {warm.durable.value} {warm.message}")
+    return writer
+
+
+async def sdk_round(writer: WalWriter, ns: Namespace, n: int, in_flight: int) -> float:
+    """The SDK's side of the raw produce bound: the same N documents written through the writer (validated,
+    encoded, each answered with its own durable Delivery); seconds from the first write to the last answer.
+    Like the raw bound's records, the keys and documents are made before the clock starts."""
+    inputs = [(key_of(i), document(i)) for i in range(n)]
+    first, last, failures = await produce_all(writer, ns.name, n, in_flight, inputs=inputs)
+    if failures:
+        raise BenchError(f"{len(failures)} of {n} SDK writes were not durable, first: {failures[0]}")
+    return last - first
+
+
+def produce_rounds(
+    kafka: KafkaAccess,
+    raw_topic: str,
+    ns: Namespace,
+    records: Sequence[tuple[bytes, bytes]],
+    in_flight: int,
+    rounds: int,
+    watch: StackWatch,
+    profile: str | None = None,
+) -> tuple[list[float], list[float]]:
+    """The raw produce bound and the SDK's produce, compared like with like: the same N documents, the same producer
+    settings (acks=all, idempotence), both producers connected (with their producer ids) before any clock starts,
+    nothing else of the bench running, and the rounds alternating (raw, SDK, raw, SDK, ...) so that both sides
+    see the same load of a shared machine. Returns the seconds of each raw round and of each SDK round.
+    ``profile``: run the SDK rounds under cProfile and write the profile there (main thread only)."""
+    n = len(records)
+    KafkaAdmin(kafka).ensure_topics([TopicSpec(raw_topic, ns.partitions)])
+    producer = Producer(producer_config(kafka))
+    raw_produce_round(producer, raw_topic, records[:1])
+    loop = asyncio.new_event_loop()
+    writer = loop.run_until_complete(sdk_writer(kafka, ns))
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    raw_s: list[float] = []
+    sdk_s: list[float] = []
+    try:
+        for _ in range(rounds):
+            watch.phase = "raw kafka"
+            raw_s.append(raw_produce_round(producer, raw_topic, records))
+            watch.phase = "sdk produce"
+            if profiler is not None:
+                profiler.enable()
+            sdk_s.append(loop.run_until_complete(sdk_round(writer, ns, n, in_flight)))
+            if profiler is not None:
+                profiler.disable()
+            say(f"  raw kafka produce {rate(n, raw_s[-1]):,.0f}/s, SDK produce {rate(n, sdk_s[-1]):,.0f}/s")
+    finally:
+        writer.close(10)
+        loop.close()
+        if profiler is not None and profile:
+            profiler.dump_stats(profile)
+            say(f"  SDK profile (main thread only) written to {profile}")
+    return raw_s, sdk_s
+
+
+def produce_figures(n: int, raw_s: Sequence[float], sdk_s: Sequence[float]) -> dict[str, Any]:
+    return {
+        "raw_kafka_produce_rate": rate(n, statistics.median(raw_s)),
+        "sdk_produce_rate": rate(n, statistics.median(sdk_s)),
+        "ratio_sdk_vs_raw_kafka_produce": statistics.median(raw_s) / statistics.median(sdk_s),
+        # Per round, the ratio of two figures measured seconds apart: its spread says how noisy the machine was.
+        "produce_round_ratios": [round(r / s, 3) for r, s in zip(raw_s, sdk_s, strict=True)],
+    }
+
+
 # -- the pipeline ------------------------------------------------------------------------------------------------------
 
 
@@ -730,10 +831,16 @@ async def wait_until(
 
 
 async def produce_all(
-    writer: WalWriter, namespace: str, n: int, in_flight: int, chunk: int = 500
+    writer: WalWriter,
+    namespace: str,
+    n: int,
+    in_flight: int,
+    chunk: int = 500,
+    inputs: Sequence[tuple[str, dict[str, Any]]] | None = None,
 ) -> tuple[float, float, list[str]]:
     """Write N upserts through the SDK, prepared and written ``chunk`` at a time with ``write_many`` (its bulk
-    call), up to ``in_flight`` entries outstanding; returns (first write, last ack, failures)."""
+    call), up to ``in_flight`` entries outstanding; returns (first write, last ack, failures). ``inputs``: the
+    (key, document) pairs made beforehand, as the raw bound's records are."""
     limit = asyncio.Semaphore(max(1, in_flight // chunk))
     failures: list[str] = []
     last_ack = 0.0
@@ -742,7 +849,10 @@ async def produce_all(
         nonlocal last_ack
         try:
             end = min(start + chunk, n)
-            entries = [writer.prepare(namespace, key_of(i), Op.UPSERT, document(i)) for i in range(start, end)]
+            if inputs is None:
+                entries = [writer.prepare(namespace, key_of(i), Op.UPSERT, document(i)) for i in range(start, end)]
+            else:
+                entries = [writer.prepare(namespace, key, Op.UPSERT, doc) for key, doc in inputs[start:end]]
             for entry, result in zip(entries, await writer.write_many(entries), strict=True):
                 if result.durable is not Durable.TRUE:
                     failures.append(f"{entry.key}: {result.durable.value} {result.message}")
@@ -957,6 +1067,9 @@ def rate(n: int, seconds: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.only == "produce" and not (args.secure or args.own_stack):
+        endpoints, stack_pids = resolve_endpoints()
+        return measure_produce(args, endpoints, stack_pids)
     if not (args.secure or args.own_stack):
         endpoints, stack_pids = resolve_endpoints()
         return measure(args, endpoints, stack_pids)
@@ -1053,15 +1166,19 @@ def measure(
             raw_elasticsearch(es, raw_index.index, n, args.es_batch)
             figures["warm_up_s"] = round(time.perf_counter() - started, 1)
         say(f"raw bounds, {n} records each")
+        say("  kafka produce and SDK produce (alone, alternating rounds)")
+        sdk_ns = scratch_namespace(tmp / "sdk", f"{name}_sdk", suffix, args.partitions)
+        cleanup.push("delete the SDK phase's log", lambda: admin.delete_topics([topics.wal_topic(sdk_ns.name)]))
+        raw_s, sdk_s = produce_rounds(kafka, raw_topic, sdk_ns, records, args.in_flight, 3, watch)
+        figures.update(produce_figures(n, raw_s, sdk_s))
         watch.phase = "raw kafka"
-        raw = raw_kafka(kafka, raw_topic, args.partitions, records)
+        raw = raw_kafka(kafka, raw_topic, args.partitions, records, produce=False)
         del records
-        figures["raw_kafka_produce_rate"] = rate(n, raw["produce_s"])
         figures["raw_kafka_consume_rate"] = rate(n, raw["consume_s"])
         figures["avg_wal_record_bytes"] = round(raw["avg_record_bytes"], 1)
         say(
             f"  kafka: produce {figures['raw_kafka_produce_rate']:,.0f}/s, "
-            f"consume {figures['raw_kafka_consume_rate']:,.0f}/s"
+            f"consume {figures['raw_kafka_consume_rate']:,.0f}/s; SDK produce {figures['sdk_produce_rate']:,.0f}/s"
         )
         watch.phase = "raw cassandra"
         cass_s = raw_cassandra(session, raw_table.keyspace, raw_table.table, n, args.cassandra_concurrency)
@@ -1109,7 +1226,8 @@ def measure(
         watch.phase = "pipeline"
         pipe = asyncio.run(run_pipeline(ns, endpoints, worker, counter, args, meter))
         watch.phase = "verification"
-        figures["sdk_produce_rate"] = rate(n, pipe["produce_s"])
+        # The SDK's rate while the worker consumes on the same machine: not comparable with the raw produce bound.
+        figures["sdk_produce_rate_during_pipeline"] = rate(n, pipe["produce_s"])
         figures["pipeline_rate"] = rate(n, pipe["pipeline_s"])
         figures["pipeline_seconds"] = round(pipe["pipeline_s"], 3)
         figures["pipeline_steady_rate"] = pipe["steady_rate"]
@@ -1145,12 +1263,11 @@ def measure(
         figures["slowest_raw_sink"] = "cassandra" if slowest == figures["raw_cassandra_rate"] else "elasticsearch"
         figures["ratio_vs_slowest_raw_sink"] = figures["pipeline_rate"] / slowest
         figures["ratio_vs_raw_kafka_consume"] = figures["pipeline_rate"] / figures["raw_kafka_consume_rate"]
-        figures["ratio_sdk_vs_raw_kafka_produce"] = figures["sdk_produce_rate"] / figures["raw_kafka_produce_rate"]
         figures["target_ratio"] = args.target
         figures["frozen_service_seconds"] = {
             phase: per
             for phase, per in watch.frozen.items()
-            if phase in ("raw kafka", "raw cassandra", "raw elasticsearch", "pipeline")
+            if phase in ("raw kafka", "sdk produce", "raw cassandra", "raw elasticsearch", "pipeline")
         }
         # A figure taken while a service was frozen by somebody else says nothing about walstream.
         figures["valid"] = not figures["frozen_service_seconds"]
@@ -1169,6 +1286,45 @@ def measure(
             cluster.shutdown()
         if problems and failure is None:
             raise BenchError("cleanup left things behind:\n  " + "\n  ".join(problems))
+
+
+def measure_produce(args: argparse.Namespace, endpoints: Endpoints, stack_pids: dict[str, int]) -> dict[str, Any]:
+    """``--only produce``: the raw Kafka produce bound and the SDK's produce rate, nothing else (Kafka only)."""
+    say(f"stack: {', '.join(f'{k} {v}' for k, v in endpoints.describe().items())}")
+    kafka = endpoints.kafka
+    try:
+        AdminClient(admin_config(kafka)).list_topics(timeout=10)
+    except KafkaException as exc:
+        raise BenchError(f"Kafka at {endpoints.kafka_bootstrap} does not answer: {exc}") from None
+    watch = StackWatch({service: with_descendants(pid) for service, pid in stack_pids.items()})
+    watch.start()
+    suffix = secrets.token_hex(4)
+    tmp = Path(tempfile.mkdtemp(prefix=f"walstream-bench_{suffix}-"))
+    admin = KafkaAdmin(kafka)
+    cleanup = Cleanup()
+    cleanup.push(f"remove {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    n = args.entries
+    figures: dict[str, Any] = {"entries": n, "partitions": args.partitions, "only": "produce"}
+    try:
+        ns = scratch_namespace(tmp, f"bench_{suffix}", suffix, args.partitions)
+        raw_topic = f"bench.{suffix}.raw"
+        cleanup.push("delete the scratch topics", lambda: admin.delete_topics([raw_topic, topics.wal_topic(ns.name)]))
+        records = wal_records(ns, n)
+        say(f"raw Kafka produce and SDK produce, {n} records each, alternating, median of {args.rounds} rounds")
+        raw_s, sdk_s = produce_rounds(
+            kafka, raw_topic, ns, records, args.in_flight, args.rounds, watch, args.profile_sdk
+        )
+        del records
+        figures.update(produce_figures(n, raw_s, sdk_s))
+        figures["rounds"] = args.rounds
+        figures["frozen_service_seconds"] = dict(watch.frozen)
+        figures["valid"] = not watch.frozen
+        return figures
+    finally:
+        watch.stop()
+        problems = cleanup.run()
+        if problems:
+            say("cleanup left things behind:\n  " + "\n  ".join(problems))
 
 
 def print_profile(path: Path, top: int = 30) -> str:
@@ -1190,7 +1346,8 @@ def print_report(f: dict[str, Any]) -> None:
         ("raw Kafka consume (confluent-kafka)", f["raw_kafka_consume_rate"]),
         ("raw Cassandra (prepared, execute_concurrent)", f["raw_cassandra_rate"]),
         ("raw Elasticsearch (_bulk)", f["raw_elasticsearch_rate"]),
-        ("SDK produce (durable acks)", f["sdk_produce_rate"]),
+        ("SDK produce (durable acks, alone)", f["sdk_produce_rate"]),
+        ("SDK produce during the pipeline", f["sdk_produce_rate_during_pipeline"]),
         ("pipeline end to end (both sinks + CDC)", f["pipeline_rate"]),
     ]
     print()
@@ -1308,7 +1465,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="like --secure but the own stack is open: the control that tells the cost of TLS and passwords from "
         "that of a freshly started stack",
     )
+    parser.add_argument(
+        "--only",
+        choices=("produce",),
+        help="produce: only the raw Kafka produce bound and the SDK's produce rate (Kafka alone; seconds, not minutes)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --only produce: alternating raw and SDK rounds (default 3)"
+    )
+    parser.add_argument(
+        "--profile-sdk",
+        metavar="FILE",
+        help="with --only produce: run the SDK phase under cProfile and write the profile here (slower: figures are "
+        "not comparable)",
+    )
     args = parser.parse_args(argv)
+    if args.only and (args.secure or args.own_stack):
+        parser.error("--only runs on the configured stack; it does not combine with --secure or --own-stack")
     if args.entries < 10:
         parser.error("--entries must be at least 10")
     if not 1 <= args.workers <= args.partitions:
@@ -1324,6 +1497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("bench: interrupted (cleaned up)")
         return 130
+    if args.only == "produce":
+        print(
+            f"\nraw Kafka produce {figures['raw_kafka_produce_rate']:,.0f}/s, SDK produce "
+            f"{figures['sdk_produce_rate']:,.0f}/s: SDK / raw {figures['ratio_sdk_vs_raw_kafka_produce']:.3f} "
+            f"(per round: {', '.join(f'{r:.3f}' for r in figures['produce_round_ratios'])})"
+            + ("" if figures["valid"] else "  (NOT VALID: a stack service was stopped while measuring)")
+        )
+        print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
+        return 0 if figures["valid"] else 3
     print_report(figures)
     print("BENCH_JSON " + json.dumps({"bench": "pipeline", **figures}, sort_keys=True), flush=True)
     if not figures["valid"]:

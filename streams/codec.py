@@ -19,6 +19,7 @@ from streams.model import (
     ChangeEvent,
     ChangeOp,
     DeadLetter,
+    Op,
     Origin,
     RetryEnvelope,
     WalEntry,
@@ -36,6 +37,8 @@ _SINGLE_OBJECT_HEADER_LEN = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER_LEN = len(CONFLUENT_MAGIC) + 4
 # Schema ids are immutable in a registry, so their parsed schemas may be cached; the cap bounds memory anyway.
 _MAX_CACHED_SCHEMA_IDS = 1024
+# Log topic names are cached per namespace name (checking a name costs a regex match per record); bounded too.
+_MAX_CACHED_TOPICS = 1024
 
 DecodeReason = Literal[
     "empty",  # zero bytes
@@ -56,6 +59,10 @@ DecodeReason = Literal[
 SchemaLookup = Callable[[int], Schema | None]
 
 T = TypeVar("T")
+
+#: The fingerprint of the WalEntry schema that ``_wal_entry_body`` encodes by hand; any other schema is encoded by
+#: fastavro. tests/unit/test_codec.py holds the two to the same bytes.
+_HAND_ENCODED_WAL_ENTRY = bytes.fromhex("94477d3370b18ac1")
 
 # What a malformed Avro body can make fastavro raise, besides EOFError for a short read.
 _BODY_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError)
@@ -101,13 +108,98 @@ class _Format(Generic[T]):
     from_record: Callable[[Mapping[str, Any]], T]
 
 
+# -- the WalEntry body by hand: the SDK encodes one per write, and fastavro's generic writer costs more than the rest
+# of a write. Avro binary: a long (or int) is zig-zag varint, a string or bytes its length then its bytes, an enum
+# or a union branch its index, an array or map one block (its count, the items, then 0), a record its fields.
+
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
+# Continuation bits of a varint of k bytes (on every byte but the last), as a little-endian integer.
+_CONTINUED = [0] + [int.from_bytes(b"\x80" * (k - 1) + b"\x00", "little") for k in range(1, 9)]
+
+
+def _long(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 1 << 56:
+        # Up to 8 groups of 7 bits, spread one per byte at once (a sequence in microseconds takes 8).
+        spread = (
+            (n & 0x7F)
+            | (n << 1 & 0x7F00)
+            | (n << 2 & 0x7F0000)
+            | (n << 3 & 0x7F000000)
+            | (n << 4 & 0x7F00000000)
+            | (n << 5 & 0x7F0000000000)
+            | (n << 6 & 0x7F000000000000)
+            | (n << 7 & 0x7F00000000000000)
+        )
+        size = (n.bit_length() + 6) // 7
+        return (spread | _CONTINUED[size]).to_bytes(size, "little")
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return _long(len(data)) + data
+
+
+def _wal_entry_body(entry: WalEntry) -> bytes:
+    """The Avro body of ``entry`` under the schema fingerprinted ``_HAND_ENCODED_WAL_ENTRY``."""
+    lifecycle = entry.lifecycle
+    sequence = _long(entry.sequence)
+    written = sequence if lifecycle.original_write_time == entry.sequence else _long(lifecycle.original_write_time)
+    payload = entry.payload
+    parts = [
+        _text(entry.entry_id),
+        _text(entry.namespace),
+        _text(entry.key),
+        b"\x02" if entry.op is Op.DELETE else b"\x00",
+        sequence,
+        _long(len(payload)),
+        payload,
+    ]
+    targets = entry.targets
+    if targets:
+        parts.append(_long(len(targets)))
+        parts.extend(_text(t) for t in targets)
+    parts.append(b"\x00")
+    parts.append(b"\x00" if entry.idempotency_key is None else b"\x02" + _text(entry.idempotency_key))
+    parts += (written, _long(lifecycle.delay_ms), _long(lifecycle.jitter_ms))
+    batch = entry.batch
+    parts.append(b"\x00" if batch is None else b"\x02" + _text(batch.id) + _long(batch.index) + _long(batch.count))
+    headers = entry.headers
+    if headers:
+        parts.append(_long(len(headers)))
+        for name, value in headers.items():
+            parts += (_text(name), _text(value))
+    parts.append(b"\x00")
+    return b"".join(parts)
+
+
 class Codec:
     """Encodes the four record types and decodes any known version of them into the current model.
 
     Build one per process at the composition root: it loads and parses every schema once.
     """
 
-    __slots__ = ("_by_fingerprint", "_change", "_dead", "_entry", "_lookup", "_retry", "_writers_by_id")
+    __slots__ = (
+        "_by_fingerprint",
+        "_change",
+        "_dead",
+        "_entry",
+        "_entry_by_hand",
+        "_lookup",
+        "_retry",
+        "_wal_topics",
+        "_writers_by_id",
+    )
 
     def __init__(
         self,
@@ -130,6 +222,8 @@ class Codec:
         self._dead = self._load("dead_letter", DeadLetter.from_record, ids)
         if ids:
             raise ValueError(f"schema_ids names unknown record types: {', '.join(sorted(ids))}")
+        self._entry_by_hand = schema_fingerprint(self._entry.reader) == _HAND_ENCODED_WAL_ENTRY
+        self._wal_topics: dict[str, str] = {}  # namespace -> its log's (checked) name
 
     def _load(self, name: str, from_record: Callable[[Mapping[str, Any]], T], ids: dict[str, int]) -> _Format[T]:
         current = load_schema(name)
@@ -154,6 +248,8 @@ class Codec:
     # -- public API -------------------------------------------------------------------------------------------------
 
     def encode_entry(self, entry: WalEntry) -> bytes:
+        if self._entry_by_hand:
+            return self._entry.header + _wal_entry_body(entry)
         return self._encode(self._entry, entry.to_record())
 
     def decode_entry(self, data: bytes) -> WalEntry:
@@ -161,9 +257,18 @@ class Codec:
 
     def log_record(self, entry: WalEntry, extra_headers: Headers = ()) -> Outgoing:
         """The entry as its namespace's log holds it: keyed by its key, its id and trace context in headers."""
-        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode()), *kafka_trace_headers(entry.headers), *extra_headers]
+        headers = [(ENTRY_ID_HEADER, entry.entry_id.encode())]
+        if entry.headers:
+            headers += kafka_trace_headers(entry.headers)
+        if extra_headers:
+            headers += extra_headers
+        topic = self._wal_topics.get(entry.namespace)
+        if topic is None:
+            if len(self._wal_topics) >= _MAX_CACHED_TOPICS:
+                self._wal_topics.clear()
+            topic = self._wal_topics[entry.namespace] = topics.wal_topic(entry.namespace)
         return Outgoing(
-            topics.wal_topic(entry.namespace),
+            topic,
             entry.key.encode(),
             self.encode_entry(entry),
             headers,

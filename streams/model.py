@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,6 +18,34 @@ ENTRY_ID_HEADER = "walstream-entry-id"
 #: Headers of an entry a retry tier handed back to its log: the attempts made so far, and the first error.
 ATTEMPT_HEADER = "walstream-attempt"
 FIRST_ERROR_HEADER = "walstream-first-error"
+
+
+#: Entry ids are uuid4 hex strings drawn from one read of the system's randomness per this many ids: a read per
+#: entry costs more than the rest of the id, and releases the interpreter lock to a busy producer thread.
+_IDS_PER_DRAW = 512
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant's two bits
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, variant RFC 4122
+_entry_ids: list[str] = []
+
+
+def _draw_entry_ids() -> None:
+    raw = os.urandom(16 * _IDS_PER_DRAW)
+    clear, set_ = _UUID4_CLEAR, _UUID4_SET
+    _entry_ids.extend(f"{(int.from_bytes(raw[i : i + 16]) & clear) | set_:032x}" for i in range(0, len(raw), 16))
+
+
+def new_entry_id() -> str:
+    """A fresh entry id: what ``uuid.uuid4().hex`` gives. Thread-safe: ``list.pop`` is atomic, and each id comes
+    from its own 16 random bytes, so two threads never get the same one."""
+    while True:
+        try:
+            return _entry_ids.pop()
+        except IndexError:
+            _draw_entry_ids()
+
+
+# A forked child must not hand out the ids its parent still holds.
+os.register_at_fork(after_in_child=_entry_ids.clear)
 
 
 class Op(StrEnum):
@@ -75,9 +103,18 @@ class Lifecycle:
     jitter_ms: int = 0
 
     def __post_init__(self) -> None:
-        _require_int("Lifecycle", "original_write_time", self.original_write_time)
-        _require_int("Lifecycle", "delay_ms", self.delay_ms)
-        _require_int("Lifecycle", "jitter_ms", self.jitter_ms)
+        written, delay, jitter = self.original_write_time, self.delay_ms, self.jitter_ms
+        if (
+            type(written) is int
+            and type(delay) is int
+            and type(jitter) is int
+            and min(written, delay, jitter) >= 0
+            and max(written, delay, jitter) <= _MAX_LONG
+        ):
+            return  # the usual case, checked at once (the SDK builds one per write)
+        _require_int("Lifecycle", "original_write_time", written)
+        _require_int("Lifecycle", "delay_ms", delay)
+        _require_int("Lifecycle", "jitter_ms", jitter)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -112,6 +149,10 @@ class BatchInfo:
         return cls(record["id"], record["index"], record["count"])
 
 
+#: The headers of every entry without any: a read-only view of a dict nobody else holds.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class WalEntry:
     """One write to a namespace's log: a versioned upsert or delete of one key."""
@@ -130,22 +171,38 @@ class WalEntry:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
-        _require_text("WalEntry", "entry_id", self.entry_id)
-        _require_text("WalEntry", "namespace", self.namespace)
-        _require_text("WalEntry", "key", self.key)
-        object.__setattr__(self, "op", Op(self.op))
-        _require_int("WalEntry", "sequence", self.sequence)
+        entry_id, namespace, key, sequence = self.entry_id, self.namespace, self.key, self.sequence
+        if not (
+            type(entry_id) is str
+            and type(namespace) is str
+            and type(key) is str
+            and entry_id
+            and namespace
+            and key
+            and type(sequence) is int
+            and 0 <= sequence <= _MAX_LONG
+        ):  # the usual case passes at once; otherwise the checks below name what is wrong
+            _require_text("WalEntry", "entry_id", entry_id)
+            _require_text("WalEntry", "namespace", namespace)
+            _require_text("WalEntry", "key", key)
+            _require_int("WalEntry", "sequence", sequence)
+        if type(self.op) is not Op:
+            object.__setattr__(self, "op", Op(self.op))
         if not isinstance(self.payload, bytes):
             raise ValueError(f"WalEntry.payload must be bytes, got {type(self.payload).__name__}")
         if self.op is Op.DELETE and self.payload:
             raise ValueError("WalEntry.payload must be empty for a DELETE")
         if not isinstance(self.lifecycle, Lifecycle):
             raise ValueError("WalEntry.lifecycle must be a Lifecycle")
-        object.__setattr__(self, "targets", _names("WalEntry", "targets", self.targets))
+        if self.targets != ():  # the common case (every target) needs no checking
+            object.__setattr__(self, "targets", _names("WalEntry", "targets", self.targets))
         if self.idempotency_key is not None:
             _require_text("WalEntry", "idempotency_key", self.idempotency_key)
         if self.batch is not None and not isinstance(self.batch, BatchInfo):
             raise ValueError("WalEntry.batch must be a BatchInfo or None")
+        if self.headers is _NO_HEADERS or self.headers == {}:
+            object.__setattr__(self, "headers", _NO_HEADERS)
+            return
         headers = dict(self.headers)
         for name, value in headers.items():
             if not isinstance(name, str) or not isinstance(value, str):
@@ -203,17 +260,19 @@ def new_entry(
 ) -> WalEntry:
     """A new entry with a fresh id; its sequence defaults to its write time in microseconds (last writer wins)."""
     written_us = time.time_ns() // 1_000 if now_us is None else now_us
+    # Positional: matching eleven keywords costs more than building the entry (the SDK builds one per write).
     return WalEntry(
-        entry_id=uuid.uuid4().hex,
-        namespace=namespace,
-        key=key,
-        op=op,
-        sequence=written_us if sequence is None else sequence,
-        payload=payload,
-        lifecycle=Lifecycle(original_write_time=written_us, delay_ms=delay_ms, jitter_ms=jitter_ms),
-        targets=tuple(targets),
-        idempotency_key=idempotency_key,
-        headers=MappingProxyType(dict(headers or {})),
+        new_entry_id(),
+        namespace,
+        key,
+        op,
+        written_us if sequence is None else sequence,
+        payload,
+        Lifecycle(written_us, delay_ms, jitter_ms),
+        targets if type(targets) is tuple else tuple(targets),
+        idempotency_key,
+        None,  # batch
+        headers or _NO_HEADERS,  # copied and checked by WalEntry
     )
 
 

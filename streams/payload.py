@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
@@ -13,6 +13,42 @@ from streams.namespaces import PayloadSpec
 
 #: One encoder for every JSON payload: building one per call costs more than the encoding.
 _JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+def _compiled_json() -> Callable[[Any, int], Sequence[str]] | None:
+    """``_JSON``'s C encoder, built once: ``JSONEncoder.encode`` builds it anew on every call, which costs as much
+    as the encoding itself. None without the C accelerator."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    encoder: Callable[[Any, int], Sequence[str]] = make(
+        {},  # circular-reference markers, left empty by every encoding that completes
+        _JSON.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        _JSON.key_separator,
+        _JSON.item_separator,
+        _JSON.sort_keys,
+        _JSON.skipkeys,
+        _JSON.allow_nan,
+    )
+    return encoder
+
+
+_JSON_FAST = _compiled_json()
+
+
+def encode_json(document: Mapping[str, Any]) -> bytes:
+    """``_JSON.encode(document)`` as bytes. A failure of the prebuilt encoder (a value JSON cannot hold) is answered
+    by ``_JSON`` itself, the same bytes or its error, and the prebuilt one is replaced: a failure can leave markers
+    behind in it."""
+    global _JSON_FAST
+    if _JSON_FAST is not None and type(document) is dict:
+        try:
+            return "".join(_JSON_FAST(document, 0)).encode()
+        except Exception:  # noqa: BLE001 - the reference encoder below gives the answer or the error
+            _JSON_FAST = _compiled_json()
+    return _JSON.encode(document).encode()
 
 
 class PayloadError(ValueError):
@@ -51,7 +87,7 @@ class PayloadCodec:
     def encode(self, document: Mapping[str, Any]) -> bytes:
         """Used by producers and tools: the exact bytes `decode` accepts."""
         if self._schema is None:
-            return _JSON.encode(document).encode()
+            return encode_json(document)
         from fastavro import schemaless_writer
 
         out = io.BytesIO()

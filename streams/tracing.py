@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from opentelemetry import propagate
+from opentelemetry import context, propagate
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def current_trace_headers() -> dict[str, str]:
     """The active OpenTelemetry context as W3C headers (empty when there is none, or no SDK is installed)."""
+    if not context.get_current():
+        # Nothing is active (no span, no baggage): no propagator has anything to inject, and asking them all costs
+        # more than the rest of an SDK write.
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return {k: v for k, v in carrier.items() if k in TRACE_HEADERS}

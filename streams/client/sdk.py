@@ -61,10 +61,11 @@ class WalWriter:
         ns = self._namespaces.get(namespace)
         if ns is None:
             raise ValueError(f"unknown namespace {namespace!r}; known: {', '.join(sorted(self._namespaces)) or 'none'}")
-        try:
-            op = Op(op)
-        except ValueError:
-            raise ValueError(f"op must be UPSERT or DELETE, got {op!r}") from None
+        if type(op) is not Op:
+            try:
+                op = Op(op)
+            except ValueError:
+                raise ValueError(f"op must be UPSERT or DELETE, got {op!r}") from None
         codec = self._payloads[namespace]
         if op is Op.DELETE:
             body = b""

@@ -180,3 +180,17 @@ def test_origin_refuses_negative_positions() -> None:
         Origin("t", 0, -1)
     with pytest.raises(ValueError, match="partition"):
         Origin("t", -1, 0)
+
+
+def test_entry_ids_are_distinct_uuid4_hex() -> None:
+    import uuid
+
+    from streams.model import new_entry_id
+
+    ids = [new_entry_id() for _ in range(3000)]  # several draws of the pool
+    assert len(set(ids)) == len(ids)
+    for entry_id in ids:
+        parsed = uuid.UUID(hex=entry_id)
+        assert parsed.hex == entry_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
