@@ -30,9 +30,8 @@ from streams.api.rejections import FIELD_METADATA, RejectCode, Rejected, Rejecti
 from streams.api.shedding import InFlightLimiter
 from streams.api.stream import EntryStream
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
-from streams.ids import new_id
 from streams.metrics import Metrics
-from streams.model import BatchInfo, Op, WalEntry
+from streams.model import BatchInfo, Op, WalEntry, new_entry_id
 from streams.namespaces import Namespace
 from streams.ports import Delivery, Durable
 
@@ -275,7 +274,7 @@ class WalService:
             entry = build_entry(
                 ns.name,
                 valid,
-                entry_id=derive_id(scope) if key else new_id(),
+                entry_id=derive_id(scope) if key else new_entry_id(),
                 write_time_us=write_time_us,
                 idempotency_key=key,
                 headers=headers,
@@ -314,7 +313,7 @@ class WalService:
         write_time, valid = self._validator.batch(ns, request, now)
         key = request.idempotency_key
         scope = self._scope("WriteBatch", ns, caller, key) if key else ""
-        batch_id = derive_id(scope) if key else new_id()
+        batch_id = derive_id(scope) if key else new_entry_id()
 
         async def attempt(write_time_us: int) -> BatchResponse:
             count = len(valid)
@@ -351,7 +350,7 @@ class WalService:
         now = _now_us()
         valid = self._validator.bulk_delete(ns, request, now)
         key = request.idempotency_key
-        scope = self._scope("BulkDelete", ns, caller, key) if key else new_id()
+        scope = self._scope("BulkDelete", ns, caller, key) if key else new_entry_id()
 
         async def attempt(write_time_us: int) -> BulkDeleteResponse:
             entries = bulk_delete_entries(
