@@ -21,6 +21,7 @@ from streams.tools.common import say as _say
 from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
+from streams.tools.repair.cli import add_parsers as _add_repair_parsers
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="leave this entry out (repeatable): replay everything but a known-bad write",
             )
         cmd.set_defaults(handler=handler)
+
+    _add_repair_parsers(sub)
     return parser
 
 
