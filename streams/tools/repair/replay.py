@@ -85,13 +85,14 @@ def plan(endpoints: Endpoints, ns: Namespace, options: ReplayOptions, say: Say) 
         found = spans(endpoints.kafka, topic, options.from_ms, options.until_ms)
     except MissingTopic:
         raise RepairError(f"the log {topic} does not exist (`walstream namespaces apply`)") from None
-    gaps = [s for s in found if s.truncated and s.earliest_ms > options.from_ms]
+    # A partition retention emptied entirely gives no time to compare with: its removed records may be in range.
+    gaps = [s for s in found if s.truncated and (s.earliest_ms < 0 or s.earliest_ms > options.from_ms)]
     if gaps:
-        oldest = min(s.earliest_ms for s in gaps)
+        kept = [s.earliest_ms for s in gaps if s.earliest_ms >= 0]
+        since = f"start at {_iso(min(kept))}" if kept else "hold nothing any more"
         text = (
             f"the range starts before the log's retention: partition(s) {', '.join(str(s.partition) for s in gaps)} "
-            f"of {topic} start at {_iso(oldest)}, after --from {_iso(options.from_ms)}; entries written before that "
-            f"are gone"
+            f"of {topic} {since}, later than --from {_iso(options.from_ms)}; entries written before that are gone"
         )
         if not options.allow_gap:
             raise RepairError(text + " (--allow-gap replays what is left)")
