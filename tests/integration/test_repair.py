@@ -189,9 +189,8 @@ def test_backfill_resumes_after_the_last_finished_token_range(
         json.dumps({"namespace": ns.name, "from": "primary", "to": "search", "ranges": 8, "next_range": 4})
     )
     env = _env(ns, tmp_path / "data")
-    run = _walstream(
-        env, "backfill", ns.name, "--from", "primary", "--to", "search", "--ranges", "8", "--state", str(state)
-    )
+    backfill = ("backfill", ns.name, "--from", "primary", "--to", "search", "--state", str(state))
+    run = _walstream(env, *backfill, "--ranges", "8")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "resuming at token range 4" in run.stderr
     token = {r.id: r.t for r in session.execute(f"SELECT id, token(id) AS t FROM {ns.keyspace}.items")}
@@ -199,7 +198,7 @@ def test_backfill_resumes_after_the_last_finished_token_range(
     docs = es_docs(es, ns.index)
     assert set(docs) == upper_half
     assert not state.exists()
-    again = _walstream(env, "backfill", ns.name, "--from", "primary", "--to", "search", "--state", str(state))
+    again = _walstream(env, *backfill)
     assert again.returncode == 0, again.stdout + again.stderr
     assert set(es_docs(es, ns.index)) == set(token)
     versions = {d["_id"]: d["_version"] for d in es.mget(index=ns.index, ids=["r0", "r1999"])["docs"]}
