@@ -67,7 +67,10 @@ def _ns_validate(args: argparse.Namespace) -> int:
     namespaces = _namespaces(settings, args.paths)
     for ns in namespaces.values():
         targets = ", ".join(f"{name} ({t.type})" for name, t in ns.targets.items())
-        print(f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}")
+        print(
+            f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}, "
+            f"log retention {ns.retention}"
+        )
     return 0
 
 

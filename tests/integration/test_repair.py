@@ -245,3 +245,31 @@ def test_errors_stop_before_anything_is_written(
     assert not (tmp_path / "data" / "repair").exists()
     assert cassandra_rows(session, ns.keyspace) == {}
     assert es_docs(es, ns.index) == {}
+
+
+def test_retention_is_shown_and_applied_to_the_log_topic(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    ns = create_namespace(endpoints, tmp_path / "namespaces", retention="2d")
+    try:
+        admin = AdminClient({"bootstrap.servers": endpoints.kafka_bootstrap})
+
+        def retention_ms() -> str:
+            resource = ConfigResource(ResourceType.TOPIC, topics.wal_topic(ns.name))
+            (future,) = admin.describe_configs([resource]).values()
+            return str(future.result(timeout=30)["retention.ms"].value)
+
+        assert retention_ms() == str(2 * 86_400_000)
+        env = _env(ns, tmp_path / "data")
+        shown = _walstream(env, "namespaces", "validate")
+        assert shown.returncode == 0 and "log retention 2d" in shown.stdout, shown.stdout + shown.stderr
+        # A changed setting reaches the topic that exists already.
+        path = ns.directory / f"{ns.name}.yaml"
+        path.write_text(path.read_text().replace("retention: 2d", "retention: 36h"))
+        applied = _walstream(env, "namespaces", "apply")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert retention_ms() == str(36 * 3_600_000)
+    finally:
+        ns.drop(*stores)
