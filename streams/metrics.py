@@ -105,6 +105,12 @@ class Metrics:
             "walstream_last_ack_timestamp_seconds", "Last batch acknowledged", ["namespace"], registry=r
         )
 
+        # -- the repair commands (`walstream verify`) --
+        #: Keys a target holds wrongly, by kind (missing, extra, stale), as the last verify found them.
+        self.drift_keys = Gauge(
+            "walstream_drift_keys", "Keys a target holds wrongly, by kind", ["namespace", "target", "kind"], registry=r
+        )
+
         # -- the API process (`walstream api`) --
         #: Calls answered, by method and gRPC status code name (a WriteStream entry counts as one call of
         #: "WriteStream" with its own code; the stream itself is not counted here).

@@ -37,6 +37,24 @@ def parse_duration(text: str) -> int:
     return int(match["amount"]) * _UNIT_MS[match["unit"]]
 
 
+_RETENTION = re.compile(r"(?P<amount>[0-9]+)(?P<unit>ms|s|m|h|d)")
+#: The log's retention when a namespace does not set one: a week, long enough to replay a weekend's incident.
+DEFAULT_RETENTION = "7d"
+
+
+def parse_retention(text: str) -> int:
+    """Milliseconds of a log retention such as ``36h`` or ``7d`` (at least one hour), or -1 for ``forever``."""
+    if text == "forever":
+        return -1
+    match = _RETENTION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"retention {text!r} must be a whole number followed by ms, s, m, h or d (7d), or forever")
+    ms = int(match["amount"]) * {**_UNIT_MS, "d": 86_400_000}[match["unit"]]
+    if ms < 3_600_000:
+        raise ValueError(f"retention {text!r} is shorter than an hour: the log could not be replayed")
+    return ms
+
+
 def tier_label(ms: int) -> str:
     """The canonical label of a duration: the largest unit that divides it exactly (60000 -> ``1m``)."""
     if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:

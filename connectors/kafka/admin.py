@@ -6,7 +6,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from connectors.endpoints import Kafka
 from connectors.kafka.config import admin_config, consumer_config
@@ -49,6 +56,24 @@ class KafkaAdmin:
                 if have != s.partitions:
                     raise ValueError(f"topic {s.name} has {have} partitions, the namespace says {s.partitions}")
         return created
+
+    def set_configs(self, specs: Iterable[TopicSpec], timeout: float = 30.0) -> None:
+        """Set each topic's ``config`` entries on the existing topic (others of its settings are left alone)."""
+        resources = [
+            ConfigResource(
+                ResourceType.TOPIC,
+                s.name,
+                incremental_configs=[
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in s.config.items()
+                ],
+            )
+            for s in specs
+            if s.config
+        ]
+        if not resources:
+            return
+        for future in self._admin.incremental_alter_configs(resources, request_timeout=timeout).values():
+            future.result(timeout=timeout)
 
     def delete_topics(self, names: Iterable[str], timeout: float = 30.0) -> None:
         names = list(names)

@@ -12,7 +12,14 @@ from fastavro.schema import SchemaParseException
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic import field_validator as _field_validator
 
-from streams.topics import all_topics, parse_duration, tier_label, validate_namespace_name
+from streams.topics import (
+    DEFAULT_RETENTION,
+    all_topics,
+    parse_duration,
+    parse_retention,
+    tier_label,
+    validate_namespace_name,
+)
 
 CassandraType = Literal["text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"]
 ElasticsearchType = Literal["keyword", "text", "long", "integer", "double", "boolean", "date"]
@@ -113,6 +120,11 @@ def _es_field(value: str) -> str:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    return value
+
+
+def _retention(value: str) -> str:
+    parse_retention(value)
     return value
 
 
@@ -305,6 +317,8 @@ class Namespace(_Model):
     retry: RetryPolicy = RetryPolicy()
     throttle: Throttle = Throttle()
     authorization: Authorization = Authorization()
+    #: How long the log keeps entries (the topic's retention.ms): how far back `walstream replay` can go.
+    retention: Annotated[str, AfterValidator(_retention)] = DEFAULT_RETENTION
 
     @_field_validator("targets")
     @classmethod
@@ -376,6 +390,10 @@ class Namespace(_Model):
             raise UnknownTargetError(self.name, unknown, self.targets)
         wanted = set(requested)
         return tuple(name for name in self.targets if name in wanted)
+
+    def retention_ms(self) -> int:
+        """The log topic's retention.ms (-1: kept forever)."""
+        return parse_retention(self.retention)
 
     def tier_delays_ms(self) -> tuple[int, ...]:
         """The retry tiers' delays in milliseconds, ascending."""

@@ -22,6 +22,7 @@ from streams.tools.common import say as _say
 from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
+from streams.tools.repair.cli import add_parsers as _add_repair_parsers
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -67,7 +68,10 @@ def _ns_validate(args: argparse.Namespace) -> int:
     namespaces = _namespaces(settings, args.paths)
     for ns in namespaces.values():
         targets = ", ".join(f"{name} ({t.type})" for name, t in ns.targets.items())
-        print(f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}")
+        print(
+            f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}, "
+            f"log retention {ns.retention}"
+        )
     return 0
 
 
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="leave this entry out (repeatable): replay everything but a known-bad write",
             )
         cmd.set_defaults(handler=handler)
+
+    _add_repair_parsers(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from connectors.kafka.admin import KafkaAdmin, TopicSpec
 from connectors.kafka.sink import KafkaTopicSink
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
 from streams.ports import Producer, Sink
+from streams.topics import wal_topic
 
 Progress = Callable[[str], None]
 
@@ -101,7 +102,9 @@ def build_sinks(namespace: Namespace, connections: Connections, producer: Produc
 def topic_specs(namespace: Namespace) -> list[TopicSpec]:
     """The namespace's topics (and its Kafka targets'). Retry tiers share the log's partition count so a key
     keeps its partition number."""
-    specs = [TopicSpec(name, namespace.partitions) for name in namespace.topics()]
+    log = wal_topic(namespace.name)
+    retention = {"retention.ms": str(namespace.retention_ms())}
+    specs = [TopicSpec(name, namespace.partitions, retention if name == log else {}) for name in namespace.topics()]
     specs += [TopicSpec(t.topic, namespace.partitions) for t in namespace.targets_of_type("kafka").values()]
     return specs
 
@@ -115,8 +118,14 @@ async def apply_namespaces(
     report: dict[str, Any] = {}
     try:
         for ns in namespaces:
-            created = admin.ensure_topics(topic_specs(ns))
-            progress(f"{ns.name}: topics ready ({len(created)} created, {len(ns.topics()) - len(created)} existed)")
+            specs = topic_specs(ns)
+            created = admin.ensure_topics(specs)
+            # A topic that existed takes the namespace's settings (the log's retention) too.
+            admin.set_configs([s for s in specs if s.config and s.name not in created])
+            progress(
+                f"{ns.name}: topics ready ({len(created)} created, {len(ns.topics()) - len(created)} existed; "
+                f"log retention {ns.retention})"
+            )
             for name, sink in build_sinks(ns, connections).items():
                 await sink.ensure_schema()
                 progress(f"{ns.name}: target {name} ready")
