@@ -4,14 +4,19 @@
 
 What it measures (DESIGN.md, "How we measure"):
 
-* raw bounds, same topic, same encoded WalEntry bytes, the SDK's producer settings (acks=all, idempotence, lz4):
+* raw bounds, same topic, same encoded WalEntry bytes, the API's producer settings (acks=all, idempotence, lz4,
+  its 1 ms linger):
   - ``raw max``: one confluent-kafka producer pipelining N records as fast as Python hands them over;
   - ``raw closed``: the same producer with ``--concurrency`` writes in flight, each awaiting its ack (the shape of
     the API load, so its latency is the like-for-like bound);
 * ``api max``: a WriteToLog server in its own process (``streams.api.server.serve``) and ``--concurrency``
   asyncio callers in this process, closed loop, for ``--duration`` seconds; every answer must be durable=TRUE;
 * ``api half``: an open-loop load at half of the measured ``api max`` rate; latency counts from each call's
-  scheduled start, so a stall is not hidden (no coordinated omission).
+  scheduled start, so a stall is not hidden (no coordinated omission);
+* ``api stream``: WriteStream on the same server, ``--concurrency`` entries in flight over one stream per channel,
+  closed loop; its ratio to ``raw closed`` is the like-for-like figure;
+* ``api max, 2 processes``: the unary closed loop again against ``--processes 2`` (SO_REUSEPORT; the kernel
+  spreads the channels, not the calls, over the processes).
 
 Prints a table and one JSON line (prefixed ``BENCH_JSON``). Everything it creates (namespace topics, the temporary
 folder, the server process, stopped by its pid) is removed at the end, also on error or Ctrl-C.
@@ -46,6 +51,7 @@ from connectors.kafka.admin import KafkaAdmin  # noqa: E402
 from connectors.kafka.config import producer_config  # noqa: E402
 from connectors.kafka.producer import DurableProducer  # noqa: E402
 from streams import topics  # noqa: E402
+from streams.api.server import ServerOptions  # noqa: E402
 from streams.codec import Codec  # noqa: E402
 from streams.config import StackMode, load_settings  # noqa: E402
 from streams.model import Op, new_entry  # noqa: E402
@@ -198,7 +204,7 @@ def raw_values(ns: Namespace, payload: bytes, count: int) -> list[tuple[bytes, b
 
 
 def raw_max(bootstrap: str, topic: str, values: Sequence[tuple[bytes, bytes]]) -> Figure:
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(bootstrap, {"linger.ms": ServerOptions().linger_ms}))
     latencies: list[float] = []
     failures: list[str] = []
 
@@ -231,7 +237,8 @@ def raw_max(bootstrap: str, topic: str, values: Sequence[tuple[bytes, bytes]]) -
 
 async def raw_closed(bootstrap: str, topic: str, values: Sequence[tuple[bytes, bytes]], concurrency: int,
                      duration_s: float) -> Figure:  # fmt: skip
-    producer = DurableProducer(bootstrap)
+    # The API's producer settings (its shorter linger), so the API is compared with what its own producer can do.
+    producer = DurableProducer(bootstrap, {"linger.ms": ServerOptions().linger_ms})
     latencies: list[float] = []
     stop_at = time.perf_counter() + duration_s
 

@@ -22,13 +22,12 @@ from streams.api.messages import (
     BulkDeleteResponse,
     EntryAck,
     MalformedMessage,
-    StreamAnswer,
     WriteRequest,
     op_of,
 )
-from streams.api.rejections import FIELD_METADATA, RejectCode, Rejected, Rejection, invalid
+from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
-from streams.api.stream import EntryStream
+from streams.api.stream import EntryStream, StreamWrites
 from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
 from streams.metrics import Metrics
 from streams.model import BatchInfo, Op, WalEntry, new_entry_id
@@ -63,9 +62,11 @@ BatchFault = Callable[[int], None]
 
 
 class EntryWriter(Protocol):
-    """Writes one entry to its namespace's log and answers durably (the SDK's WalWriter)."""
+    """Writes entries to their namespace's log and answers durably (the SDK's WalWriter)."""
 
     async def write_entry(self, entry: WalEntry) -> Delivery: ...
+
+    async def write_many(self, entries: Sequence[WalEntry]) -> list[Delivery]: ...
 
 
 class BatchWriter(Protocol):
@@ -120,6 +121,16 @@ class WalService:
         self.batch_fault: BatchFault | None = None
         #: Set by ``begin_shutdown``.
         self.closing = False
+        self._stream_writes = StreamWrites(
+            self.limiter,
+            self.metrics,
+            self._tokens.identify,
+            self._plain_entry,
+            self._write_to_log,
+            writer.write_many,
+            self._hold,
+            self.options.ack_timeout_s,
+        )
 
     # -- gRPC plumbing -----------------------------------------------------------------------------------------------
 
@@ -155,7 +166,7 @@ class WalService:
         metadata = _metadata(context)
         headers = {name: metadata[name] for name in TRACE_METADATA if name in metadata}
         stream = EntryStream(
-            self._stream_entry,
+            self._stream_writes.answer,
             context,
             self.options.stream_window,
             metadata.get("authorization"),
@@ -168,39 +179,6 @@ class WalService:
         """From now on, entries arriving on open streams are answered UNAVAILABLE (never written), so their
         clients send them again elsewhere while the entries already accepted are answered."""
         self.closing = True
-
-    async def _stream_entry(
-        self, request_id: int, request: WriteRequest, authorization: str | None, headers: Mapping[str, str]
-    ) -> StreamAnswer:
-        """One entry of a WriteStream, with everything a WriteToLog call gets: the in-flight limit,
-        authentication (per entry, so a revoked token stops a stream's writes), validation, authorization and
-        the idempotency key; the answer carries the entry's rejection instead of ending the stream."""
-        started = time.perf_counter()
-        metrics = self.metrics
-        if not self.limiter.try_acquire():
-            metrics.child(metrics.api_shed, STREAM).inc()
-            self._answered(STREAM, "RESOURCE_EXHAUSTED", started)
-            message = f"{self.limiter.limit} calls and stream entries are in flight, the server's limit; retry later"
-            return StreamAnswer(request_id, rejection=Rejection(RejectCode.RESOURCE_EXHAUSTED, "", message))
-        metrics.api_in_flight.inc()
-        code = "OK"
-        try:
-            caller = self._tokens.identify(authorization)
-            return StreamAnswer(request_id, delivery=await self._write_to_log(request, caller, headers))
-        except Rejected as exc:
-            code = exc.rejection.code.value
-            return StreamAnswer(request_id, rejection=exc.rejection)
-        except Exception:
-            log.exception("internal error writing a WriteStream entry")
-            code = "INTERNAL"
-            return StreamAnswer(
-                request_id, delivery=Delivery(Durable.UNKNOWN, "internal error; the server logged it; resend the "
-                                              "entry with the same idempotency key")
-            )  # fmt: skip
-        finally:
-            self.limiter.release()
-            metrics.api_in_flight.dec()
-            self._answered(STREAM, code, started)
 
     def _answered(self, method: str, code: str, started: float) -> None:
         metrics = self.metrics
@@ -261,6 +239,17 @@ class WalService:
         return "\x1f".join((rpc, ns.name, caller.identity or "", idempotency_key))
 
     # -- WriteToLog --------------------------------------------------------------------------------------------------
+
+    def _plain_entry(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> WalEntry:
+        """The entry of a WriteToLog request without an idempotency key, checked as the call checks it."""
+        ns = self._validator.namespace(request.namespace)
+        authorize(ns, caller, Grant.DELETE if op_of(request.op) is Op.DELETE else Grant.WRITE)
+        now = _now_us()
+        valid = self._validator.write(ns, request, now)
+        return build_entry(
+            ns.name, valid, entry_id=new_entry_id(), write_time_us=valid.write_time_us or now, idempotency_key="",
+            headers=headers,
+        )  # fmt: skip
 
     async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> Delivery:
         ns = self._validator.namespace(request.namespace)

@@ -12,22 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from streams.api import messages
+from streams.api.auth import Caller
 from streams.api.messages import MalformedMessage, StreamAnswer, WriteRequest
-from streams.api.rejections import RejectCode, Rejection
+from streams.api.rejections import RejectCode, Rejected, Rejection
+from streams.api.shedding import InFlightLimiter
+from streams.metrics import Metrics
+from streams.model import WalEntry
+from streams.ports import Delivery, Durable
 
 log = logging.getLogger(__name__)
 
+METHOD = "WriteStream"
+_INTERNAL = "internal error; the server logged it; send the entry again with the same idempotency key"
 #: Answers in one response message at most (about 80 bytes each: far below any client's message size limit).
 MAX_ANSWERS_PER_MESSAGE = 4096
 
-#: Answers one entry: (request id, entry, the stream's authorization metadata, trace headers) -> its answer.
-AnswerEntry = Callable[[int, WriteRequest, str | None, Mapping[str, str]], Awaitable[StreamAnswer]]
+#: Where an answer goes as soon as it is known.
+Reply = Callable[[StreamAnswer], None]
+#: Answers the entries of one message: (entries with their ids, the stream's authorization metadata, trace
+#: headers, reply); each entry's answer is passed to ``reply`` as soon as it is known, and the call returns once
+#: every entry is answered.
+AnswerEntries = Callable[
+    [list[tuple[int, WriteRequest]], str | None, Mapping[str, str], Reply], Coroutine[Any, Any, None]
+]
 
 
 class EntryStream:
@@ -35,7 +49,7 @@ class EntryStream:
 
     def __init__(
         self,
-        answer_entry: AnswerEntry,
+        answer_entries: AnswerEntries,
         context: grpc.aio.ServicerContext[Any, Any],
         window: int,
         authorization: str | None,
@@ -44,7 +58,7 @@ class EntryStream:
     ) -> None:
         if window < 1:
             raise ValueError(f"a stream's window must be at least 1 entry, got {window}")
-        self._answer_entry = answer_entry
+        self._answer_entries = answer_entries
         self._context = context
         self._window = asyncio.Semaphore(window)
         self._authorization = authorization
@@ -68,9 +82,18 @@ class EntryStream:
                 except MalformedMessage as exc:
                     malformed = str(exc)
                     break
+                accepted: list[tuple[int, WriteRequest]] = []
                 for request_id, request in entries:
+                    if window.locked() and accepted:
+                        # The message holds more than the window has room for: what is accepted goes now, and
+                        # its answers make the room for the rest.
+                        self._start(accepted)
+                        accepted = []
                     await window.acquire()  # a full window stops the reading here
-                    self._start(request_id, request)
+                    if self._admit(request_id):
+                        accepted.append((request_id, request))
+                if accepted:
+                    self._start(accepted)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks))
             self._answers.put_nowait(None)
@@ -83,27 +106,27 @@ class EntryStream:
                 grpc.StatusCode.INVALID_ARGUMENT, f"the stream ended at a malformed message: {malformed}"
             )
 
-    def _start(self, request_id: int, request: WriteRequest) -> None:
+    def _admit(self, request_id: int) -> bool:
+        """Whether an entry goes on to be written; if not, it is answered here."""
         if request_id in self._awaiting:
             message = f"request id {request_id} is already awaiting its answer on this stream; ids must be unique"
-            self._reply(
-                StreamAnswer(request_id, rejection=Rejection(RejectCode.INVALID_ARGUMENT, "request_id", message))
-            )
-            return
+            rejection = Rejection(RejectCode.INVALID_ARGUMENT, "request_id", message)
+            self._reply(StreamAnswer(request_id, rejection=rejection))
+            return False
         if self._closing():
             message = "the server is shutting down; send the entry again on a new stream"
             self._reply(StreamAnswer(request_id, rejection=Rejection(RejectCode.UNAVAILABLE, "", message)))
-            return
+            return False
         self._awaiting.add(request_id)
-        task = asyncio.create_task(self._answer(request_id, request))
+        return True
+
+    def _start(self, entries: list[tuple[int, WriteRequest]]) -> None:
+        task = asyncio.create_task(self._answer_entries(entries, self._authorization, self._headers, self._settled))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, request_id: int, request: WriteRequest) -> None:
-        try:
-            answer = await self._answer_entry(request_id, request, self._authorization, self._headers)
-        finally:
-            self._awaiting.discard(request_id)
+    def _settled(self, answer: StreamAnswer) -> None:
+        self._awaiting.discard(answer.request_id)
         self._reply(answer)
 
     def _reply(self, answer: StreamAnswer) -> None:
@@ -128,3 +151,127 @@ class EntryStream:
             await write(b"".join(ready))
             for _ in ready:
                 window.release()
+
+
+class StreamWrites:
+    """How the service answers the entries of one WriteStream message: each with everything a WriteToLog call
+    gets (the in-flight limit, the token, validation, authorization, the idempotency key), refusals answered at
+    once and alone. Entries without an idempotency key are written together, one producer answer for the lot
+    (so the message's entries are answered when the last of them is acknowledged); an entry with a key goes
+    through the idempotency cache on its own, exactly as a WriteToLog call."""
+
+    def __init__(
+        self,
+        limiter: InFlightLimiter,
+        metrics: Metrics,
+        identify: Callable[[str | None], Caller],
+        plain_entry: Callable[[WriteRequest, Caller, Mapping[str, str]], WalEntry],
+        write_keyed: Callable[[WriteRequest, Caller, Mapping[str, str]], Awaitable[Delivery]],
+        write_many: Callable[[Sequence[WalEntry]], Awaitable[list[Delivery]]],
+        hold: Callable[[], Awaitable[None]],
+        ack_timeout_s: float,
+    ) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._identify = identify
+        self._plain_entry = plain_entry
+        self._write_keyed = write_keyed
+        self._write_many = write_many
+        self._hold = hold
+        self._ack_timeout_s = ack_timeout_s
+
+    def _answered(self, code: str, started: float) -> None:
+        metrics = self._metrics
+        metrics.child(metrics.api_calls, METHOD, code).inc()
+        metrics.child(metrics.api_latency, METHOD).observe(time.perf_counter() - started)
+
+    def _done(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._limiter.release()
+        self._metrics.api_in_flight.dec(count)
+
+    async def answer(
+        self,
+        entries: list[tuple[int, WriteRequest]],
+        authorization: str | None,
+        headers: Mapping[str, str],
+        reply: Reply,
+    ) -> None:
+        started = time.perf_counter()
+        metrics, limiter = self._metrics, self._limiter
+        try:
+            caller = self._identify(authorization)  # per message, so a revoked token stops the stream's writes
+        except Rejected as exc:
+            for request_id, _ in entries:
+                self._answered(exc.rejection.code.value, started)
+                reply(StreamAnswer(request_id, rejection=exc.rejection))
+            return
+        together: list[tuple[int, WalEntry]] = []
+        alone: list[Awaitable[None]] = []
+        for request_id, request in entries:
+            if not limiter.try_acquire():
+                metrics.child(metrics.api_shed, METHOD).inc()
+                self._answered("RESOURCE_EXHAUSTED", started)
+                message = f"{limiter.limit} calls and stream entries are in flight, the server's limit; retry later"
+                reply(StreamAnswer(request_id, rejection=Rejection(RejectCode.RESOURCE_EXHAUSTED, "", message)))
+                continue
+            metrics.api_in_flight.inc()
+            if request.idempotency_key:
+                alone.append(self._keyed(request_id, request, caller, headers, started, reply))
+                continue
+            try:
+                together.append((request_id, self._plain_entry(request, caller, headers)))
+            except Rejected as exc:
+                self._done()
+                self._answered(exc.rejection.code.value, started)
+                reply(StreamAnswer(request_id, rejection=exc.rejection))
+            except Exception:
+                log.exception("internal error preparing a WriteStream entry")
+                self._done()
+                self._answered("INTERNAL", started)
+                reply(StreamAnswer(request_id, delivery=Delivery(Durable.UNKNOWN, _INTERNAL)))
+        if together:
+            alone.append(self._together(together, started, reply))
+        await asyncio.gather(*alone)
+
+    async def _together(self, written: list[tuple[int, WalEntry]], started: float, reply: Reply) -> None:
+        entries = [entry for _, entry in written]
+        try:
+            await self._hold()
+            async with asyncio.timeout(self._ack_timeout_s):
+                deliveries = await self._write_many(entries)
+        except TimeoutError:
+            message = f"no acknowledgement from Kafka within {self._ack_timeout_s:g}s; it may be stored"
+            deliveries = [Delivery(Durable.UNKNOWN, message, entry_id=e.entry_id) for e in entries]
+        except Exception:
+            log.exception("internal error writing WriteStream entries")
+            deliveries = [Delivery(Durable.UNKNOWN, _INTERNAL, entry_id=e.entry_id) for e in entries]
+        finally:
+            self._done(len(written))
+        for (request_id, _), delivery in zip(written, deliveries, strict=True):
+            self._answered("OK", started)
+            reply(StreamAnswer(request_id, delivery=delivery))
+
+    async def _keyed(
+        self,
+        request_id: int,
+        request: WriteRequest,
+        caller: Caller,
+        headers: Mapping[str, str],
+        started: float,
+        reply: Reply,
+    ) -> None:
+        code = "OK"
+        try:
+            answer = StreamAnswer(request_id, delivery=await self._write_keyed(request, caller, headers))
+        except Rejected as exc:
+            code = exc.rejection.code.value
+            answer = StreamAnswer(request_id, rejection=exc.rejection)
+        except Exception:
+            log.exception("internal error writing a WriteStream entry")
+            code = "INTERNAL"
+            answer = StreamAnswer(request_id, delivery=Delivery(Durable.UNKNOWN, _INTERNAL))
+        finally:
+            self._done()
+        self._answered(code, started)
+        reply(answer)
