@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,25 +368,34 @@ def encode_stream_entry(request_id: int, request: WriteRequest) -> bytes:
     return _serialize(m)
 
 
-def encode_stream_answer(answer: StreamAnswer) -> bytes:
-    """A WriteStreamResponse of one answer; like entries, answers concatenate into one response."""
+def encode_stream_answers(answers: Sequence[StreamAnswer]) -> bytes:
+    """One WriteStreamResponse of the answers, in order."""
     m = _pb.WriteStreamResponse()
-    item = m.answers.add()
-    item.request_id = answer.request_id
-    if answer.delivery is not None:
+    add = m.answers.add
+    durable_codes = _DURABLE_CODES
+    for answer in answers:
+        item = add()
+        item.request_id = answer.request_id
         d = answer.delivery
-        a = item.answer
-        a.durable = _DURABLE_CODES[d.durable]
-        a.message = d.message
-        a.entry_id = d.entry_id
-        a.partition = d.partition
-        a.offset = d.offset
-    elif answer.rejection is not None:
-        r = answer.rejection
-        item.rejection.code = r.code.value
-        item.rejection.field = r.field
-        item.rejection.message = r.message
+        if d is not None:
+            a = item.answer
+            a.durable = durable_codes[d.durable]
+            if d.message:
+                a.message = d.message
+            a.entry_id = d.entry_id
+            a.partition = d.partition
+            a.offset = d.offset
+        elif answer.rejection is not None:
+            r = answer.rejection
+            item.rejection.code = r.code.value
+            item.rejection.field = r.field
+            item.rejection.message = r.message
     return _serialize(m)
+
+
+def encode_stream_answer(answer: StreamAnswer) -> bytes:
+    """A WriteStreamResponse of one answer; like entries, responses concatenate into one."""
+    return encode_stream_answers((answer,))
 
 
 def _stream_answer_from(item: Any) -> StreamAnswer:

@@ -11,6 +11,7 @@ it, an entry is shed (answered RESOURCE_EXHAUSTED on its own) and the stream goe
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -64,7 +65,9 @@ class EntryStream:
         self._authorization = authorization
         self._headers = headers
         self._closing = closing
-        self._answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._ready: collections.deque[StreamAnswer] = collections.deque()
+        self._wake = asyncio.Event()
+        self._finished = False
         self._awaiting: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -96,7 +99,8 @@ class EntryStream:
                     self._start(accepted)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks))
-            self._answers.put_nowait(None)
+            self._finished = True
+            self._wake.set()
             await sender
         finally:
             for task in (*self._tasks, sender):
@@ -130,27 +134,24 @@ class EntryStream:
         self._reply(answer)
 
     def _reply(self, answer: StreamAnswer) -> None:
-        self._answers.put_nowait(messages.encode_stream_answer(answer))
+        self._ready.append(answer)
+        self._wake.set()
 
     async def _send_answers(self) -> None:
         """The one task that writes answers (gRPC takes one write at a time). The answers settled while a write
         was under way go together in the next message; each answer frees its entry's slot once written."""
-        answers, write, window = self._answers, self._context.write, self._window
-        ended = False
-        while not ended:
-            first = await answers.get()
-            if first is None:
+        ready, wake, write, window = self._ready, self._wake, self._context.write, self._window
+        while True:
+            await wake.wait()
+            wake.clear()
+            while ready:
+                count = min(len(ready), MAX_ANSWERS_PER_MESSAGE)
+                batch = [ready.popleft() for _ in range(count)]
+                await write(messages.encode_stream_answers(batch))
+                for _ in batch:
+                    window.release()
+            if self._finished:
                 return
-            ready = [first]
-            while not answers.empty() and len(ready) < MAX_ANSWERS_PER_MESSAGE:
-                data = answers.get_nowait()
-                if data is None:
-                    ended = True
-                    break
-                ready.append(data)
-            await write(b"".join(ready))
-            for _ in ready:
-                window.release()
 
 
 class StreamWrites:
