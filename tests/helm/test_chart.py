@@ -120,6 +120,8 @@ def pod_templates(docs: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
     for doc in docs:
         if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
             yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def is_custom_resource(doc: Manifest) -> bool:
@@ -407,6 +409,7 @@ ROLE_SERVICES = {
     "retry": {"kafka"},
     "worker": set(SERVICES),
     "namespaces-apply": set(SERVICES),
+    "verify": set(SERVICES),
 }
 SECRETS_DIR = "/etc/walstream/secrets"
 # Secrets walstream reads as values; the chart may only ever point at them as files (<name>_FILE).
@@ -638,6 +641,24 @@ def test_namespaces_apply_runs_as_a_pre_install_and_pre_upgrade_hook(case: str) 
         needed_annotations = by_name[key]["metadata"].get("annotations", {})
         assert "pre-install" in needed_annotations.get("helm.sh/hook", ""), key
         assert int(needed_annotations["helm.sh/hook-weight"]) < hook_weight, key
+
+
+@all_cases
+def test_verify_runs_on_a_schedule_only_when_enabled(case: str) -> None:
+    values = values_of(case)["verifyCronJob"]
+    jobs = of_kind(render(case), "CronJob")
+    if not values["enabled"]:
+        assert jobs == []
+        return
+    assert [job["metadata"]["name"] for job in jobs] == [fullname(f"verify-{ns}") for ns in values["namespaces"]]
+    for ns, job in zip(values["namespaces"], jobs, strict=True):
+        assert job["spec"]["schedule"] == values["schedule"]
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        (container,) = pod["containers"]
+        assert container["args"][:5] == ["verify", ns, "--json", "--metrics-file", values["metricsFile"]]
+        assert container["args"][5:] == values["extraArgs"]
 
 
 # -- values.schema.json ------------------------------------------------------------------------------------------------
