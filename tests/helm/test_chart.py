@@ -404,6 +404,7 @@ def test_servers_listen_on_the_pod_ip(case: str) -> None:
 
 SERVICES = ("kafka", "cassandra", "elasticsearch")
 # The clusters each kind of pod talks to: the API and the retry worker use Kafka alone.
+POD_VOLUMES = ("spec", "template", "spec", "volumes", "*")
 ROLE_SERVICES = {
     "api": {"kafka"},
     "retry": {"kafka"},
@@ -559,9 +560,10 @@ def test_secrets_are_referenced_only_as_read_only_volumes(case: str) -> None:
     names = {secret for service in SERVICES for secret, _, _ in secret_files(security, service).values()}
     if values_of(case)["auth"]["existingSecret"]:
         names.add(values_of(case)["auth"]["existingSecret"])
+    pod_volumes = [POD_VOLUMES, ("spec", "jobTemplate", *POD_VOLUMES)]
     allowed = {
-        ("spec", "template", "spec", "volumes", "*", "projected", "sources", "*", "secret", "name"),
-        ("spec", "template", "spec", "volumes", "*", "secret", "secretName"),
+        *((*volumes, "projected", "sources", "*", "secret", "name") for volumes in pod_volumes),
+        *((*volumes, "secret", "secretName") for volumes in pod_volumes),
     }
 
     def places(node: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
