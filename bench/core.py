@@ -35,6 +35,7 @@ import yaml
 from elasticsearch import Elasticsearch
 
 from connectors.cassandra.sink import CassandraSink, new_cluster
+from connectors.elasticsearch.generations import drop_target_index
 from connectors.kafka.admin import KafkaAdmin
 from connectors.kafka.producer import DurableProducer
 from connectors.local.errors import StackError
@@ -145,9 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         es = Elasticsearch(endpoints.elasticsearch_url, request_timeout=120)
         cleanup.push("close the Elasticsearch client", es.close)
-        cleanup.push(
-            f"delete index {etarget.index}", lambda: es.indices.delete(index=etarget.index, ignore_unavailable=True)
-        )
+        cleanup.push(f"delete index {etarget.index}", lambda: drop_target_index(es, etarget.index))
 
         async def create() -> None:
             await apply_namespaces([ns], endpoints)

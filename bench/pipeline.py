@@ -69,6 +69,7 @@ from elasticsearch import TransportError as EsTransportError  # noqa: E402
 
 from connectors.cassandra.sink import CassandraSink, new_cluster  # noqa: E402
 from connectors.elasticsearch.client import new_client  # noqa: E402
+from connectors.elasticsearch.generations import drop_target_index  # noqa: E402
 from connectors.elasticsearch.sink import ElasticsearchSink  # noqa: E402
 from connectors.endpoints import Endpoints, KafkaAccess  # noqa: E402
 from connectors.kafka.admin import KafkaAdmin, TopicSpec  # noqa: E402
@@ -1137,7 +1138,7 @@ def measure(
         es = new_client(endpoints.elasticsearch_url, endpoints.security.elasticsearch, request_timeout=120)
         cleanup.push(
             f"delete indices {etarget.index}, {raw_index.index}",
-            lambda: es.indices.delete(index=f"{etarget.index},{raw_index.index}", ignore_unavailable=True),
+            lambda: [drop_target_index(es, etarget.index), drop_target_index(es, raw_index.index)],
         )
 
         say(f"namespace {name}: creating topics ({args.partitions} partitions), keyspace and indices")

@@ -26,6 +26,7 @@ from elasticsearch.helpers import streaming_bulk
 
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
+from connectors.elasticsearch.generations import drop_target_index
 from connectors.kafka.admin import KafkaAdmin
 from connectors.local.stack import LocalStack
 from streams.config import load_settings
@@ -136,7 +137,7 @@ def main() -> int:
         return 0 if missing == args.drift else 1
     finally:
         session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=120)
-        es.indices.delete(index=index, ignore_unavailable=True)
+        drop_target_index(es, index)
         KafkaAdmin(endpoints.kafka).delete_topics(ns.topics())
         cluster.shutdown()
         es.close()

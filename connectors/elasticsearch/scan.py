@@ -45,25 +45,31 @@ class BulkReport:
 
 
 class ElasticsearchReader:
-    """Scans and looks up one index. Memory: one page of documents at a time (``page_size``)."""
+    """Scans and looks up one index. Memory: one page of documents at a time (``page_size``).
 
-    def __init__(self, client: Elasticsearch, target: ElasticsearchTarget, page_size: int = 1000) -> None:
+    ``index`` is the target's name (an alias over one generation, or a plain index) unless another is given: a
+    concrete generation while a reindex builds it or while the alias reads two of them."""
+
+    def __init__(
+        self, client: Elasticsearch, target: ElasticsearchTarget, page_size: int = 1000, index: str | None = None
+    ) -> None:
         self.target = target
+        self.index = index or target.index
         self._es = client
         self._page_size = page_size
 
     def exists(self) -> bool:
-        return bool(self._es.indices.exists(index=self.target.index))
+        return bool(self._es.indices.exists(index=self.index))
 
     def count(self) -> int:
-        self._es.indices.refresh(index=self.target.index)
-        return int(self._es.count(index=self.target.index)["count"])
+        self._es.indices.refresh(index=self.index)
+        return int(self._es.count(index=self.index)["count"])
 
     def scan(self, with_source: bool = False, keep_alive: str = "5m") -> Iterator[list[Doc]]:
         """Every document, a page at a time, from a point in time (a consistent view of the index as of the call)
         sorted by ``_shard_doc``, the point in time's own tiebreaker: cheap, and needs no field data on ``_id``."""
-        self._es.indices.refresh(index=self.target.index)
-        pit = self._es.open_point_in_time(index=self.target.index, keep_alive=keep_alive)["id"]
+        self._es.indices.refresh(index=self.index)
+        pit = self._es.open_point_in_time(index=self.index, keep_alive=keep_alive)["id"]
         after: list[Any] | None = None
         try:
             while True:
@@ -90,7 +96,7 @@ class ElasticsearchReader:
         """The version of each key the index holds (absent keys are left out), with one real-time multi-get."""
         if not keys:
             return {}
-        response = self._es.mget(index=self.target.index, ids=list(keys), source=False)
+        response = self._es.mget(index=self.index, ids=list(keys), source=False)
         return {d["_id"]: int(d["_version"]) for d in response["docs"] if d.get("found")}
 
     def write(self, docs: Sequence[Doc], deletes: Sequence[Doc] = ()) -> BulkReport:
@@ -120,7 +126,7 @@ class ElasticsearchReader:
         return report
 
     def _action(self, d: Doc) -> dict[str, Any]:
-        return {"_index": self.target.index, "_id": d.key, "version": d.version, "version_type": REPAIR_VERSION_TYPE}
+        return {"_index": self.index, "_id": d.key, "version": d.version, "version_type": REPAIR_VERSION_TYPE}
 
     def _document(self, source: Mapping[str, Any]) -> dict[str, Any]:
         return {name: source.get(name) for name in self.target.fields}

@@ -11,14 +11,11 @@ from elastic_transport import ConnectionTimeout
 from elasticsearch import AsyncElasticsearch, BadRequestError, TransportError
 from elasticsearch.serializer import JsonSerializer
 
+from connectors.elasticsearch.generations import first_generation
 from streams.model import Op
 from streams.namespaces.spec import ElasticsearchTarget
 from streams.ports import Outcome, SinkResult, SinkWrite
 
-#: How long Elasticsearch remembers the version of a deleted document. A stale upsert that arrives later than
-#: this after its delete would bring the document back, so it is set to Cassandra's default gc_grace (10 days),
-#: which bounds the same risk on the primary store.
-GC_DELETES = "10d"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Only what the results need: the response of a large _bulk is otherwise mostly per-item metadata to parse.
 _BULK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -30,7 +27,9 @@ _ENCODER = json.JSONEncoder(default=JsonSerializer().default, ensure_ascii=False
 
 
 class ElasticsearchSink:
-    """Delivery guarantee: idempotent and order-free. Index and delete both use `version_type=external` with the
+    """Writes go to ``target.index``: an alias over the current generation (its write index) or a plain index.
+
+    Delivery guarantee: idempotent and order-free. Index and delete both use `version_type=external` with the
     entry's sequence, so Elasticsearch itself refuses an older version; that refusal (409) counts as success."""
 
     def __init__(self, client: AsyncElasticsearch, name: str, target: ElasticsearchTarget) -> None:
@@ -40,22 +39,14 @@ class ElasticsearchSink:
         self._action_head = f'{{"_index":{json.dumps(target.index)},"_id":'
 
     async def ensure_schema(self) -> None:
+        """A new target gets generation 1 (``<index>-g1``) with the target's name as its write alias, so that
+        `walstream reindex` can later move the name to a new generation. A name that exists already, an alias or
+        a plain index made before generations, is left as it is: writes through either work the same."""
         t = self.target
         if await self._es.indices.exists(index=t.index):
             return
         try:
-            await self._es.indices.create(
-                index=t.index,
-                settings={
-                    "number_of_shards": t.shards,
-                    "number_of_replicas": t.replicas,
-                    "index.gc_deletes": GC_DELETES,
-                },
-                mappings={
-                    "dynamic": False,
-                    "properties": {name: {"type": kind} for name, kind in t.fields.items()},
-                },
-            )
+            await self._es.indices.create(**first_generation(t))
         except BadRequestError as exc:
             if exc.error != "resource_already_exists_exception":
                 raise

@@ -20,6 +20,7 @@ from elasticsearch.helpers import scan
 
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
+from connectors.elasticsearch.generations import drop_target_index
 from connectors.endpoints import Endpoints
 from streams.client.sdk import SyncWalWriter
 from streams.model import Op, WalEntry
@@ -147,7 +148,7 @@ def _reset(
     namespace: Namespace,
 ) -> None:
     session.execute(f"TRUNCATE {cass.keyspace}.{cass.table}", timeout=60)
-    es.indices.delete(index=es_target.index, ignore_unavailable=True)
+    drop_target_index(es, es_target.index)
 
     async def recreate() -> None:
         connections = Connections(endpoints)

@@ -120,6 +120,8 @@ def pod_templates(docs: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
     for doc in docs:
         if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
             yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def is_custom_resource(doc: Manifest) -> bool:
@@ -402,11 +404,13 @@ def test_servers_listen_on_the_pod_ip(case: str) -> None:
 
 SERVICES = ("kafka", "cassandra", "elasticsearch")
 # The clusters each kind of pod talks to: the API and the retry worker use Kafka alone.
+POD_VOLUMES = ("spec", "template", "spec", "volumes", "*")
 ROLE_SERVICES = {
     "api": {"kafka"},
     "retry": {"kafka"},
     "worker": set(SERVICES),
     "namespaces-apply": set(SERVICES),
+    "verify": set(SERVICES),
 }
 SECRETS_DIR = "/etc/walstream/secrets"
 # Secrets walstream reads as values; the chart may only ever point at them as files (<name>_FILE).
@@ -556,9 +560,10 @@ def test_secrets_are_referenced_only_as_read_only_volumes(case: str) -> None:
     names = {secret for service in SERVICES for secret, _, _ in secret_files(security, service).values()}
     if values_of(case)["auth"]["existingSecret"]:
         names.add(values_of(case)["auth"]["existingSecret"])
+    pod_volumes = [POD_VOLUMES, ("spec", "jobTemplate", *POD_VOLUMES)]
     allowed = {
-        ("spec", "template", "spec", "volumes", "*", "projected", "sources", "*", "secret", "name"),
-        ("spec", "template", "spec", "volumes", "*", "secret", "secretName"),
+        *((*volumes, "projected", "sources", "*", "secret", "name") for volumes in pod_volumes),
+        *((*volumes, "secret", "secretName") for volumes in pod_volumes),
     }
 
     def places(node: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
@@ -638,6 +643,24 @@ def test_namespaces_apply_runs_as_a_pre_install_and_pre_upgrade_hook(case: str) 
         needed_annotations = by_name[key]["metadata"].get("annotations", {})
         assert "pre-install" in needed_annotations.get("helm.sh/hook", ""), key
         assert int(needed_annotations["helm.sh/hook-weight"]) < hook_weight, key
+
+
+@all_cases
+def test_verify_runs_on_a_schedule_only_when_enabled(case: str) -> None:
+    values = values_of(case)["verifyCronJob"]
+    jobs = of_kind(render(case), "CronJob")
+    if not values["enabled"]:
+        assert jobs == []
+        return
+    assert [job["metadata"]["name"] for job in jobs] == [fullname(f"verify-{ns}") for ns in values["namespaces"]]
+    for ns, job in zip(values["namespaces"], jobs, strict=True):
+        assert job["spec"]["schedule"] == values["schedule"]
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        (container,) = pod["containers"]
+        assert container["args"][:5] == ["verify", ns, "--json", "--metrics-file", values["metricsFile"]]
+        assert container["args"][5:] == values["extraArgs"]
 
 
 # -- values.schema.json ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from cassandra.cluster import Session
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import scan
 
+from connectors.elasticsearch.generations import drop_target_index
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from connectors.local.errors import StackError
@@ -86,7 +87,7 @@ class ScratchNamespace:
         outboxes = [t.topic for t in self.namespace.targets_of_type("kafka").values()]
         admin.delete_topics([*self.namespace.topics(), *internal, *outboxes])
         session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
-        es.indices.delete(index=self.index, ignore_unavailable=True)
+        drop_target_index(es, self.index)
 
 
 def create_namespace(endpoints: Endpoints, directory: Path, partitions: int = 3, **overrides: Any) -> ScratchNamespace:

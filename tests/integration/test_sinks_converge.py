@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.cassandra.sink import CassandraSink, new_cluster
+from connectors.elasticsearch.generations import drop_target_index
 from connectors.elasticsearch.sink import ElasticsearchSink
 from connectors.endpoints import Endpoints
 from streams.model import Op
@@ -67,7 +68,7 @@ def sinks(endpoints: Endpoints) -> Iterator[Sinks]:
     built.loop = loop  # type: ignore[attr-defined]
     yield built
     session.execute(f"DROP KEYSPACE IF EXISTS {ctarget.keyspace}")
-    es_sync.indices.delete(index=etarget.index, ignore_unavailable=True)
+    drop_target_index(es_sync, etarget.index)
     loop.run_until_complete(es_async.close())
     loop.close()
     cluster.shutdown()

@@ -249,11 +249,11 @@ checksum/namespaces: {{ include "walstream.namespaceFiles" . | sha256sum }}
 
 {{/*
 Client security (values `security`). Which clusters a pod talks to, by its role: the API and the retry worker use
-Kafka alone (`walstream api`, `walstream worker --retry`); the fan-out workers and `namespaces apply` also reach
+Kafka alone (`walstream api`, `walstream worker --retry`); the fan-out workers, `namespaces apply` and `verify` also reach
 Cassandra and Elasticsearch. A pod gets the settings and Secrets of those services only.
 */}}
 {{- define "walstream.services" -}}
-{{- if has .role (list "worker" "namespaces-apply") }}kafka cassandra elasticsearch{{ else }}kafka{{ end }}
+{{- if has .role (list "worker" "namespaces-apply" "verify") }}kafka cassandra elasticsearch{{ else }}kafka{{ end }}
 {{- end }}
 
 {{/* One service's settings under `security` (an empty map when unset): walstream.securityOf (dict "root" $ "service" "kafka"). */}}

@@ -1,4 +1,4 @@
-"""The `walstream verify`, `backfill` and `replay` commands: their arguments, and their exit codes."""
+"""The `walstream verify`, `backfill`, `reindex` and `replay` commands: their arguments, and their exit codes."""
 
 from __future__ import annotations
 
@@ -147,6 +147,38 @@ def replay_command(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@_errors_exit_2
+def reindex_command(args: argparse.Namespace) -> int:
+    from streams.tools.repair.reindex import ReindexOptions, load_mapping, reindex, rollback
+    from streams.tools.repair.stores import open_stores, pair_of
+
+    settings = load_settings()
+    ns = _namespace(settings, args.namespace)
+    pair = pair_of(ns, _targets(args.targets))
+    if not args.rollback and not args.mapping:
+        raise UsageError("--mapping FILE is required (or --rollback)")
+    new_target = None if args.rollback else load_mapping(Path(args.mapping), ns, pair.primary, pair.search)
+    options = ReindexOptions(
+        settings.runtime.data_dir / "repair",
+        drop_old=args.drop_old,
+        grace_s=args.grace_s,
+        passes=args.passes,
+        rate=args.rate,
+        ranges=args.ranges,
+        page_size=args.page_size,
+    )
+    eps = endpoints(settings, ("kafka", "cassandra", "elasticsearch"))
+    stores = open_stores(eps, ns, pair, args.page_size)
+    try:
+        if new_target is None:
+            print(rollback(stores, eps.kafka, options, say))
+        else:
+            print("\n".join(reindex(stores, eps.kafka, new_target, options, say).lines()))
+    finally:
+        stores.close()
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify = sub.add_parser(
         "verify",
@@ -180,6 +212,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     _scan_options(backfill)
     backfill.set_defaults(handler=backfill_command)
+
+    reindex = sub.add_parser(
+        "reindex", help="move the search index to a new generation with a new mapping, while the workers write"
+    )
+    reindex.add_argument("namespace")
+    reindex.add_argument("--mapping", help="YAML file: fields (name: type), optionally shards and replicas")
+    reindex.add_argument("--targets", help="the Cassandra and the Elasticsearch target, comma-separated")
+    reindex.add_argument("--drop-old", action="store_true", help="delete the previous generation after the swap")
+    reindex.add_argument("--rollback", action="store_true", help="undo a reindex that has not swapped yet")
+    reindex.add_argument("--grace-s", type=float, default=30.0, help="verify leaves out keys this young (default 30)")
+    reindex.add_argument("--passes", type=int, default=3, help="backfill passes until verify is clean (default 3)")
+    reindex.add_argument("--rate", type=float, default=0.0, help="rows per second (default: no limit)")
+    _scan_options(reindex)
+    reindex.set_defaults(handler=reindex_command)
 
     replay = sub.add_parser("replay", help="re-apply the log's entries of a time range to targets")
     replay.add_argument("namespace")

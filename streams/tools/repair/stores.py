@@ -15,10 +15,12 @@ from elasticsearch import Elasticsearch
 from connectors.cassandra.scan import CassandraReader
 from connectors.cassandra.sink import new_cluster
 from connectors.elasticsearch.client import new_client
+from connectors.elasticsearch.generations import layout
 from connectors.elasticsearch.scan import ElasticsearchReader
 from connectors.endpoints import Endpoints
 from streams.core.drift import Pair
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
+from streams.tools.common import say
 
 
 class RepairError(RuntimeError):
@@ -91,14 +93,23 @@ def _readers(
         raise RepairError(
             f"target {pair.primary}: table {primary_target.qualified} does not exist (`walstream namespaces apply`)"
         )
-    search = ElasticsearchReader(es, search_target, page_size)
     try:
-        if not search.exists():
-            raise RepairError(
-                f"target {pair.search}: index {search_target.index} does not exist (`walstream namespaces apply`)"
-            )
+        found = layout(es, search_target.index)
     except (TransportConnectionError, ConnectionTimeout) as exc:
         raise RepairError(f"Elasticsearch at {url} does not answer: {_first(exc)}") from None
+    if found.kind == "absent":
+        raise RepairError(
+            f"target {pair.search}: index {search_target.index} does not exist (`walstream namespaces apply`)"
+        )
+    index = search_target.index
+    if found.switching:
+        # A reindex moved the writes to a new generation and has not finished: read and write that generation
+        # (a multi-get through an alias over several indices is refused).
+        if found.write_index is None:
+            raise RepairError(f"target {pair.search}: {found.describe()}, with no write index: fix the alias")
+        index = found.write_index
+        say(f"{found.describe()} (a reindex is under way): using {index}")
+    search = ElasticsearchReader(es, search_target, page_size, index)
     return Stores(ns, pair, cluster, session, es, CassandraReader(session, primary_target, page_size), search)
 
 
