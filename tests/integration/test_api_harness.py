@@ -55,8 +55,10 @@ def write_namespace(
     deleters: Sequence[str] = ("*",),
     payload: Mapping[str, Any] | None = None,
     partitions: int = 3,
+    remove_at_end: bool = True,
 ) -> Namespace:
-    """A fresh namespace YAML in ``folder``, loaded and validated, with its topics created on the real Kafka."""
+    """A fresh namespace YAML in ``folder``, loaded and validated, with its topics created on the real Kafka.
+    ``remove_at_end=False`` for a Kafka the test stops itself (its own): its topics go with it."""
     name = f"t{uuid.uuid4().hex[:12]}"
     document: dict[str, Any] = {
         "name": name,
@@ -78,7 +80,8 @@ def write_namespace(
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     namespace = load_namespace(path)
     KafkaAdmin(bootstrap).ensure_topics(topic_specs(namespace))
-    _created.append((bootstrap, namespace))
+    if remove_at_end:
+        _created.append((bootstrap, namespace))
     end_offsets(bootstrap, namespace)  # waits until every partition of the new log has a leader
     return namespace
 

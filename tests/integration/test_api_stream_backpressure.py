@@ -59,7 +59,7 @@ def _rss_bytes(pid: int) -> int:
 def test_a_frozen_broker_slows_the_stream_without_growing_memory_and_answers_stay_true(
     own_kafka: OwnKafka, tmp_path: Path
 ) -> None:
-    ns = write_namespace(tmp_path, own_kafka.bootstrap)
+    ns = write_namespace(tmp_path, own_kafka.bootstrap, remove_at_end=False)  # the own Kafka goes at the end
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
         "WALSTREAM_STACK_MODE": "external",
