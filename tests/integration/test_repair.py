@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +460,124 @@ def test_backfill_and_replay_under_live_writes_never_undo_a_newer_write(
 #: Entries per second written during the live-traffic repairs: what one worker sustains on the 2-core
 #: development machine while backfill and replay run next to it (the issue's 1,000/s needs more cores).
 LIVE_RATE = 300
+
+
+def _reindex_stopped_halfway(env: dict[str, str], name: str, mapping: Path, meanwhile: Callable[[], None]) -> None:
+    """Run a slow reindex (50 rows/s of backfill), call ``meanwhile`` once it backfills (the writes have moved to
+    the new generation), then kill it by its pid: a reindex stopped half-way."""
+    command = [sys.executable, "-m", "streams", "reindex", name, "--mapping", str(mapping), "--rate", "50"]
+    slow = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert slow.stderr is not None
+        for line in slow.stderr:
+            seen.append(line)
+            if "step 3/5" in line:
+                break
+        meanwhile()
+    finally:
+        slow.kill()
+        slow.wait(30)
+    assert any("step 3/5" in line for line in seen), "".join(seen)
+
+
+def test_a_stopped_reindex_rolls_back_and_a_second_one_drops_the_old_generation(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    """A reindex killed after it moved the writes (step 3, backfilling slowly) leaves the alias reading two
+    generations; `--rollback` gives the writes back to generation 1 and deletes generation 2, and the index
+    holds every write, including those generation 2 took meanwhile. A reindex run to the end with `--drop-old`
+    then leaves only its new generation."""
+    session, es = stores
+    ns = _sized_namespace(endpoints, tmp_path / "namespaces")
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
+    entries: list[WalEntry] = []
+
+    def write(count: int) -> None:
+        batch = [
+            writer.prepare(ns.name, f"k{i % 700}", Op.UPSERT, {"color": "red", "qty": len(entries) + i, "size": "M"})
+            for i in range(count)
+        ]
+        _write(writer, batch)
+        entries.extend(batch)
+
+    def converged() -> bool:
+        expected = expected_rows(model_of(entries))
+        return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
+
+    try:
+        write(1500)
+        wait_until(converged, 240, "the first entries in both stores", worker.tail)
+        mapping = tmp_path / "mapping.yaml"
+        mapping.write_text(yaml.safe_dump({"fields": {"color": "keyword", "qty": "long", "size": "keyword"}}))
+        env = _env(ns, tmp_path / "data")
+        _reindex_stopped_halfway(env, ns.name, mapping, lambda: write(100))
+        halfway = layout(es, ns.index)
+        assert halfway.write_index == f"{ns.index}-g2" and set(halfway.indices) == {f"{ns.index}-g1", f"{ns.index}-g2"}
+        wait_until(lambda: cassandra_rows(session, ns.keyspace) == expected_rows(model_of(entries)), 120, "primary")
+
+        back = _walstream(env, "reindex", ns.name, "--rollback")
+        assert back.returncode == 0, back.stdout + back.stderr
+        after = layout(es, ns.index)
+        assert (after.indices, after.write_index) == ((f"{ns.index}-g1",), f"{ns.index}-g1")
+        assert not es.indices.exists(index=f"{ns.index}-g2")
+        write(100)
+        wait_until(converged, 240, "every write in both stores after the rollback", worker.tail)
+        assert _walstream(env, "verify", ns.name, "--grace-s", "0").returncode == 0
+
+        moved = _walstream(env, "reindex", ns.name, "--mapping", str(mapping), "--grace-s", "0", "--drop-old")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        final = layout(es, ns.index)
+        assert final.indices == (final.write_index,) and final.write_index != f"{ns.index}-g1"
+        assert not es.indices.exists(index=f"{ns.index}-g1")
+        wait_until(converged, 240, "both stores after the second reindex", worker.tail)
+        assert es.count(index=ns.index, query={"term": {"size": "M"}})["count"] == len(model_of(entries))
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
+
+
+def test_a_stopped_reindex_run_again_resumes_and_finishes(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    """The same command run again after a reindex stopped half-way picks up where it stopped (the alias reading
+    two generations) and finishes: generation 2 alone behind the alias, every write in it."""
+    session, es = stores
+    ns = _sized_namespace(endpoints, tmp_path / "namespaces")
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
+    entries: list[WalEntry] = []
+
+    def write(count: int) -> None:
+        batch = [
+            writer.prepare(ns.name, f"k{i % 700}", Op.UPSERT, {"color": "blue", "qty": len(entries) + i, "size": "L"})
+            for i in range(count)
+        ]
+        _write(writer, batch)
+        entries.extend(batch)
+
+    def converged() -> bool:
+        expected = expected_rows(model_of(entries))
+        return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
+
+    try:
+        write(1500)
+        wait_until(converged, 240, "the first entries in both stores", worker.tail)
+        mapping = tmp_path / "mapping.yaml"
+        mapping.write_text(yaml.safe_dump({"fields": {"color": "keyword", "qty": "long", "size": "keyword"}}))
+        env = _env(ns, tmp_path / "data")
+        _reindex_stopped_halfway(env, ns.name, mapping, lambda: write(100))
+        assert set(layout(es, ns.index).indices) == {f"{ns.index}-g1", f"{ns.index}-g2"}
+        again = _walstream(env, "reindex", ns.name, "--mapping", str(mapping), "--grace-s", "0")
+        assert again.returncode == 0, again.stdout + again.stderr
+        final = layout(es, ns.index)
+        assert (final.indices, final.write_index) == ((f"{ns.index}-g2",), f"{ns.index}-g2")
+        wait_until(converged, 240, "every write in both stores", worker.tail)
+        assert _walstream(env, "verify", ns.name, "--grace-s", "0").returncode == 0
+        assert es.count(index=ns.index, query={"term": {"size": "L"}})["count"] == len(model_of(entries))
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(*stores)
