@@ -9,7 +9,7 @@ What it measures (DESIGN.md, "How we measure"):
   - ``raw max``: one confluent-kafka producer pipelining N records as fast as Python hands them over;
   - ``raw closed``: the same producer with ``--concurrency`` writes in flight, each awaiting its ack (the shape of
     the API load, so its latency is the like-for-like bound);
-* ``api max``: a WriteToLog server in its own process (``streams.api.server.serve``) and ``--concurrency``
+* ``api max``: a WriteToLog server in its own process (``streams.api.processes.serve_processes``) and ``--concurrency``
   asyncio callers in this process, closed loop, for ``--duration`` seconds; every answer must be durable=TRUE;
 * ``api half``: an open-loop load at half of the measured ``api max`` rate; latency counts from each call's
   scheduled start, so a stall is not hidden (no coordinated omission);

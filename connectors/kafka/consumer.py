@@ -56,38 +56,43 @@ def read_to_end(bootstrap: Kafka, topic: str, idle_limit_s: float = 30.0) -> Ite
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
             raise MissingTopic(f"topic {topic}: {meta.error}")
-        ends: dict[int, int] = {}
-        starts: dict[int, int] = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p], starts[p] = high, low
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-        remaining = dict(ends)
-        idle_since = time.monotonic()
-        # Transaction markers take offsets too, so a partition may end without a record at its last offset.
-        while remaining and time.monotonic() - idle_since < idle_limit_s:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                _drop_finished(consumer, topic, remaining)
-                continue
-            idle_since = time.monotonic()
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(error)
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if partition not in remaining or offset >= remaining[partition]:
-                remaining.pop(partition, None)
-                continue
-            yield _consumed(msg)
-            if offset + 1 >= remaining[partition]:
-                remaining.pop(partition, None)
+        ranges = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in meta.partitions}
+        yield from read_ranges(consumer, topic, ranges, idle_limit_s)
     finally:
         consumer.close()
+
+
+def read_ranges(
+    consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]], idle_limit_s: float = 30.0
+) -> Iterator[Consumed]:
+    """The records at offsets [start, end) of each partition, partition by partition in offset order, read with
+    ``consumer`` (assigned here; the caller closes it). Stops once every range is read, or after ``idle_limit_s``
+    without a record."""
+    wanted = {p: span for p, span in ranges.items() if span[1] > span[0]}
+    if not wanted:
+        return
+    consumer.assign([TopicPartition(topic, p, start) for p, (start, _end) in wanted.items()])
+    remaining = {p: end for p, (_start, end) in wanted.items()}
+    idle_since = time.monotonic()
+    # Transaction markers take offsets too, so a partition may end without a record at its last offset.
+    while remaining and time.monotonic() - idle_since < idle_limit_s:
+        msg = consumer.poll(1.0)
+        if msg is None:
+            _drop_finished(consumer, topic, remaining)
+            continue
+        idle_since = time.monotonic()
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+            continue
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        if partition not in remaining or offset >= remaining[partition]:
+            remaining.pop(partition, None)
+            continue
+        yield _consumed(msg)
+        if offset + 1 >= remaining[partition]:
+            remaining.pop(partition, None)
 
 
 def _drop_finished(consumer: Consumer, topic: str, remaining: dict[int, int]) -> None:

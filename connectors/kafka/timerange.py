@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.endpoints import Kafka
 from connectors.kafka.config import consumer_config
-from connectors.kafka.consumer import Consumed, MissingTopic, _consumed
+from connectors.kafka.consumer import Consumed, MissingTopic, read_ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,34 +83,8 @@ def _timestamp_at(consumer: Consumer, topic: str, partition: int, low: int, high
 
 def read_spans(kafka: Kafka, topic: str, parts: list[PartitionSpan], idle_limit_s: float = 30.0) -> Iterator[Consumed]:
     """The records of each span, partition by partition in offset order (read_committed: aborted ones are not)."""
-    wanted = {s.partition: s for s in parts if s.end > s.start}
-    if not wanted:
-        return
     consumer = Consumer(consumer_config(kafka, "walstream-timerange-reader"))
     try:
-        consumer.assign([TopicPartition(topic, p, s.start) for p, s in wanted.items()])
-        remaining = {p: s.end for p, s in wanted.items()}
-        idle_since = time.monotonic()
-        while remaining and time.monotonic() - idle_since < idle_limit_s:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                # Transaction markers take offsets too: a partition may end without a record at its last offset.
-                for tp in consumer.position([TopicPartition(topic, p) for p in remaining]):
-                    if tp.offset >= remaining.get(tp.partition, 0):
-                        remaining.pop(tp.partition, None)
-                continue
-            idle_since = time.monotonic()
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(error)
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if partition not in remaining or offset >= remaining[partition]:
-                remaining.pop(partition, None)
-                continue
-            yield _consumed(msg)
-            if offset + 1 >= remaining[partition]:
-                remaining.pop(partition, None)
+        yield from read_ranges(consumer, topic, {s.partition: (s.start, s.end) for s in parts}, idle_limit_s)
     finally:
         consumer.close()

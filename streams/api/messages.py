@@ -393,11 +393,6 @@ def encode_stream_answers(answers: Sequence[StreamAnswer]) -> bytes:
     return _serialize(m)
 
 
-def encode_stream_answer(answer: StreamAnswer) -> bytes:
-    """A WriteStreamResponse of one answer; like entries, responses concatenate into one."""
-    return encode_stream_answers((answer,))
-
-
 def _stream_answer_from(item: Any) -> StreamAnswer:
     if item.HasField("rejection"):
         r = item.rejection

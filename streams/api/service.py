@@ -28,7 +28,14 @@ from streams.api.messages import (
 from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
 from streams.api.stream import EntryStream, StreamWrites
-from streams.api.validation import Limits, RequestValidator, build_entry, bulk_delete_entries, derive_id
+from streams.api.validation import (
+    Limits,
+    RequestValidator,
+    ValidWrite,
+    build_entry,
+    bulk_delete_entries,
+    derive_id,
+)
 from streams.metrics import Metrics
 from streams.model import BatchInfo, Op, WalEntry, new_entry_id
 from streams.namespaces import Namespace
@@ -240,40 +247,39 @@ class WalService:
 
     # -- WriteToLog --------------------------------------------------------------------------------------------------
 
-    def _plain_entry(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> WalEntry:
-        """The entry of a WriteToLog request without an idempotency key, checked as the call checks it."""
+    def _checked(self, request: WriteRequest, caller: Caller) -> tuple[Namespace, ValidWrite, int]:
+        """The request's namespace, the request validated, and now (µs): what WriteToLog checks before writing."""
         ns = self._validator.namespace(request.namespace)
         authorize(ns, caller, Grant.DELETE if op_of(request.op) is Op.DELETE else Grant.WRITE)
         now = _now_us()
-        valid = self._validator.write(ns, request, now)
+        return ns, self._validator.write(ns, request, now), now
+
+    def _plain_entry(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> WalEntry:
+        """The entry of a WriteToLog request without an idempotency key, checked as the call checks it."""
+        ns, valid, now = self._checked(request, caller)
         return build_entry(
             ns.name, valid, entry_id=new_entry_id(), write_time_us=valid.write_time_us or now, idempotency_key="",
             headers=headers,
         )  # fmt: skip
 
     async def _write_to_log(self, request: WriteRequest, caller: Caller, headers: Mapping[str, str]) -> Delivery:
-        ns = self._validator.namespace(request.namespace)
-        authorize(ns, caller, Grant.DELETE if op_of(request.op) is Op.DELETE else Grant.WRITE)
-        now = _now_us()
-        valid = self._validator.write(ns, request, now)
         key = request.idempotency_key
-        scope = self._scope("WriteToLog", ns, caller, key) if key else ""
+        if not key:
+            entry = self._plain_entry(request, caller, headers)
+            await self._hold()
+            return await self._write_one(entry)
+        ns, valid, now = self._checked(request, caller)
+        scope = self._scope("WriteToLog", ns, caller, key)
 
         async def attempt(write_time_us: int) -> Delivery:
             entry = build_entry(
-                ns.name,
-                valid,
-                entry_id=derive_id(scope) if key else new_entry_id(),
-                write_time_us=write_time_us,
-                idempotency_key=key,
+                ns.name, valid, entry_id=derive_id(scope), write_time_us=write_time_us, idempotency_key=key,
                 headers=headers,
-            )
+            )  # fmt: skip
             await self._hold()
             return await self._write_one(entry)
 
         write_time = valid.write_time_us or now
-        if not key:
-            return await attempt(write_time)
         return await self._writes.run(scope, Attempt(write_time, _fingerprint(request)), attempt)
 
     async def _write_one(self, entry: WalEntry) -> Delivery:

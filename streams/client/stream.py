@@ -53,6 +53,9 @@ def _lost(code: grpc.StatusCode, details: str) -> Delivery:
     )
 
 
+AnyFuture = asyncio.Future[Delivery] | concurrent.futures.Future[Delivery]
+
+
 class Outstanding:
     """The entries of one stream awaiting answers: id -> (settle with a Delivery, fail with an error, sent?)."""
 
@@ -60,6 +63,24 @@ class Outstanding:
         self.ids = itertools.count(1)
         self.waiting: dict[int, tuple[Callable[[Delivery], None], Callable[[ApiError], None]]] = {}
         self.sent: set[int] = set()
+
+    def add(self, future: AnyFuture, release: Callable[[], None]) -> int:
+        """Await an answer for ``future`` under a new request id; ``release`` frees the entry's slot in the window
+        once it is answered (or given up)."""
+
+        def resolve(delivery: Delivery) -> None:
+            release()
+            if not future.done():
+                future.set_result(delivery)
+
+        def fail(error: ApiError) -> None:
+            release()
+            if not future.done():
+                future.set_exception(error)
+
+        request_id = next(self.ids)
+        self.waiting[request_id] = (resolve, fail)
+        return request_id
 
     def settle(self, answer: StreamAnswer) -> bool:
         """Hand an answer to its writer; False when no entry awaits it."""
@@ -118,19 +139,7 @@ class AsyncStream:
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
-
-        def resolve(delivery: Delivery) -> None:
-            self._slots.release()
-            if not future.done():
-                future.set_result(delivery)
-
-        def fail(error: ApiError) -> None:
-            self._slots.release()
-            if not future.done():
-                future.set_exception(error)
-
-        request_id = next(self._out.ids)
-        self._out.waiting[request_id] = (resolve, fail)
+        request_id = self._out.add(future, self._slots.release)
         if self._outbox is None:
             self._open()
         assert self._outbox is not None
@@ -210,20 +219,8 @@ class BlockingStream:
         data_of = messages.encode_stream_entry
         self._slots.acquire()
         future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
-
-        def resolve(delivery: Delivery) -> None:
-            self._slots.release()
-            if not future.done():
-                future.set_result(delivery)
-
-        def fail(error: ApiError) -> None:
-            self._slots.release()
-            if not future.done():
-                future.set_exception(error)
-
         with self._lock:
-            request_id = next(self._out.ids)
-            self._out.waiting[request_id] = (resolve, fail)
+            request_id = self._out.add(future, self._slots.release)
             if self._outbox is None:
                 self._open()
             assert self._outbox is not None

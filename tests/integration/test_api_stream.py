@@ -173,15 +173,14 @@ def test_a_client_that_does_not_read_its_answers_is_slowed_then_served_in_full(w
 
             sender = asyncio.create_task(send())
             before = end_offsets(world.bootstrap, world.open)
-            # Wait until the log stops growing: the same count twice, two seconds apart, under the total.
-            plateau, previous, deadline = -1, -2, time.monotonic() + 240
+            # Wait until the log stops growing: the same count three times, two seconds apart.
+            plateau, readings, deadline = -1, [-1], time.monotonic() + 240
             while time.monotonic() < deadline:
                 await asyncio.sleep(2)
-                now = grew_by(before, await asyncio.to_thread(end_offsets, world.bootstrap, world.open))
-                if now == previous:
-                    plateau = now
+                readings.append(grew_by(before, await asyncio.to_thread(end_offsets, world.bootstrap, world.open)))
+                if len(set(readings[-3:])) == 1:
+                    plateau = readings[-1]
                     break
-                previous = now
             stalled_at = sent
             print(f"log stopped growing at {plateau} entries; the client had sent {sent} of {total}")
             answers = [a async for data in call for a in messages.decode_stream_response(data)]

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -481,32 +482,46 @@ def _reindex_stopped_halfway(env: dict[str, str], name: str, mapping: Path, mean
     assert any("step 3/5" in line for line in seen), "".join(seen)
 
 
-def test_a_stopped_reindex_rolls_back_and_a_second_one_drops_the_old_generation(
-    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
-) -> None:
-    """A reindex killed after it moved the writes (step 3, backfilling slowly) leaves the alias reading two
-    generations; `--rollback` gives the writes back to generation 1 and deletes generation 2, and the index
-    holds every write, including those generation 2 took meanwhile. A reindex run to the end with `--drop-old`
-    then leaves only its new generation."""
+@dataclass
+class Halfway:
+    """A namespace with a running worker, 1,600 entries applied, and a reindex to ``mapping`` that was killed
+    after it moved the writes to generation 2 (which took the last 100 entries while the backfill crawled)."""
+
+    ns: ScratchNamespace
+    es: Elasticsearch
+    env: dict[str, str]
+    mapping: Path
+    worker: WorkerProcess
+    write: Callable[[int], None]
+    converged: Callable[[], bool]
+    entries: list[WalEntry]
+
+
+@contextlib.contextmanager
+def _halfway_reindex(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path, size: str
+) -> Iterator[Halfway]:
     session, es = stores
     ns = _sized_namespace(endpoints, tmp_path / "namespaces")
-    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
-    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
     entries: list[WalEntry] = []
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(ns.drop, *stores)
+        writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+        cleanup.callback(writer.close)
+        worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
+        cleanup.callback(worker.stop)
 
-    def write(count: int) -> None:
-        batch = [
-            writer.prepare(ns.name, f"k{i % 700}", Op.UPSERT, {"color": "red", "qty": len(entries) + i, "size": "M"})
-            for i in range(count)
-        ]
-        _write(writer, batch)
-        entries.extend(batch)
+        def write(count: int) -> None:
+            first = len(entries)
+            values = [{"color": "red", "qty": first + i, "size": size} for i in range(count)]
+            batch = [writer.prepare(ns.name, f"k{i % 700}", Op.UPSERT, v) for i, v in enumerate(values)]
+            _write(writer, batch)
+            entries.extend(batch)
 
-    def converged() -> bool:
-        expected = expected_rows(model_of(entries))
-        return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
+        def converged() -> bool:
+            expected = expected_rows(model_of(entries))
+            return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
 
-    try:
         write(1500)
         wait_until(converged, 240, "the first entries in both stores", worker.tail)
         mapping = tmp_path / "mapping.yaml"
@@ -515,28 +530,34 @@ def test_a_stopped_reindex_rolls_back_and_a_second_one_drops_the_old_generation(
         _reindex_stopped_halfway(env, ns.name, mapping, lambda: write(100))
         halfway = layout(es, ns.index)
         assert halfway.write_index == f"{ns.index}-g2" and set(halfway.indices) == {f"{ns.index}-g1", f"{ns.index}-g2"}
-        wait_until(lambda: cassandra_rows(session, ns.keyspace) == expected_rows(model_of(entries)), 120, "primary")
+        yield Halfway(ns, es, env, mapping, worker, write, converged, entries)
 
-        back = _walstream(env, "reindex", ns.name, "--rollback")
+
+def test_a_stopped_reindex_rolls_back_and_a_second_one_drops_the_old_generation(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    """A reindex killed after it moved the writes (step 3, backfilling slowly) leaves the alias reading two
+    generations; `--rollback` gives the writes back to generation 1 and deletes generation 2, and the index
+    holds every write, including those generation 2 took meanwhile. A reindex run to the end with `--drop-old`
+    then leaves only its new generation."""
+    with _halfway_reindex(endpoints, stores, tmp_path, "M") as h:
+        index, es = h.ns.index, h.es
+        back = _walstream(h.env, "reindex", h.ns.name, "--rollback")
         assert back.returncode == 0, back.stdout + back.stderr
-        after = layout(es, ns.index)
-        assert (after.indices, after.write_index) == ((f"{ns.index}-g1",), f"{ns.index}-g1")
-        assert not es.indices.exists(index=f"{ns.index}-g2")
-        write(100)
-        wait_until(converged, 240, "every write in both stores after the rollback", worker.tail)
-        assert _walstream(env, "verify", ns.name, "--grace-s", "0").returncode == 0
+        after = layout(es, index)
+        assert (after.indices, after.write_index) == ((f"{index}-g1",), f"{index}-g1")
+        assert not es.indices.exists(index=f"{index}-g2")
+        h.write(100)
+        wait_until(h.converged, 240, "every write in both stores after the rollback", h.worker.tail)
+        assert _walstream(h.env, "verify", h.ns.name, "--grace-s", "0").returncode == 0
 
-        moved = _walstream(env, "reindex", ns.name, "--mapping", str(mapping), "--grace-s", "0", "--drop-old")
+        moved = _walstream(h.env, "reindex", h.ns.name, "--mapping", str(h.mapping), "--grace-s", "0", "--drop-old")
         assert moved.returncode == 0, moved.stdout + moved.stderr
-        final = layout(es, ns.index)
-        assert final.indices == (final.write_index,) and final.write_index != f"{ns.index}-g1"
-        assert not es.indices.exists(index=f"{ns.index}-g1")
-        wait_until(converged, 240, "both stores after the second reindex", worker.tail)
-        assert es.count(index=ns.index, query={"term": {"size": "M"}})["count"] == len(model_of(entries))
-    finally:
-        writer.close()
-        worker.stop()
-        ns.drop(*stores)
+        final = layout(es, index)
+        assert final.indices == (final.write_index,) and final.write_index != f"{index}-g1"
+        assert not es.indices.exists(index=f"{index}-g1")
+        wait_until(h.converged, 240, "both stores after the second reindex", h.worker.tail)
+        assert es.count(index=index, query={"term": {"size": "M"}})["count"] == len(model_of(h.entries))
 
 
 def test_a_stopped_reindex_run_again_resumes_and_finishes(
@@ -544,40 +565,12 @@ def test_a_stopped_reindex_run_again_resumes_and_finishes(
 ) -> None:
     """The same command run again after a reindex stopped half-way picks up where it stopped (the alias reading
     two generations) and finishes: generation 2 alone behind the alias, every write in it."""
-    session, es = stores
-    ns = _sized_namespace(endpoints, tmp_path / "namespaces")
-    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
-    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
-    entries: list[WalEntry] = []
-
-    def write(count: int) -> None:
-        batch = [
-            writer.prepare(ns.name, f"k{i % 700}", Op.UPSERT, {"color": "blue", "qty": len(entries) + i, "size": "L"})
-            for i in range(count)
-        ]
-        _write(writer, batch)
-        entries.extend(batch)
-
-    def converged() -> bool:
-        expected = expected_rows(model_of(entries))
-        return cassandra_rows(session, ns.keyspace) == expected and es_docs(es, ns.index) == expected
-
-    try:
-        write(1500)
-        wait_until(converged, 240, "the first entries in both stores", worker.tail)
-        mapping = tmp_path / "mapping.yaml"
-        mapping.write_text(yaml.safe_dump({"fields": {"color": "keyword", "qty": "long", "size": "keyword"}}))
-        env = _env(ns, tmp_path / "data")
-        _reindex_stopped_halfway(env, ns.name, mapping, lambda: write(100))
-        assert set(layout(es, ns.index).indices) == {f"{ns.index}-g1", f"{ns.index}-g2"}
-        again = _walstream(env, "reindex", ns.name, "--mapping", str(mapping), "--grace-s", "0")
+    with _halfway_reindex(endpoints, stores, tmp_path, "L") as h:
+        index, es = h.ns.index, h.es
+        again = _walstream(h.env, "reindex", h.ns.name, "--mapping", str(h.mapping), "--grace-s", "0")
         assert again.returncode == 0, again.stdout + again.stderr
-        final = layout(es, ns.index)
-        assert (final.indices, final.write_index) == ((f"{ns.index}-g2",), f"{ns.index}-g2")
-        wait_until(converged, 240, "every write in both stores", worker.tail)
-        assert _walstream(env, "verify", ns.name, "--grace-s", "0").returncode == 0
-        assert es.count(index=ns.index, query={"term": {"size": "L"}})["count"] == len(model_of(entries))
-    finally:
-        writer.close()
-        worker.stop()
-        ns.drop(*stores)
+        final = layout(es, index)
+        assert (final.indices, final.write_index) == ((f"{index}-g2",), f"{index}-g2")
+        wait_until(h.converged, 240, "every write in both stores", h.worker.tail)
+        assert _walstream(h.env, "verify", h.ns.name, "--grace-s", "0").returncode == 0
+        assert es.count(index=index, query={"term": {"size": "L"}})["count"] == len(model_of(h.entries))

@@ -3,6 +3,8 @@ client's bookkeeping settles, refuses or marks UNKNOWN each entry as its stream 
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import grpc
 import pytest
 
@@ -23,40 +25,49 @@ def test_entries_encoded_one_by_one_join_into_one_request_in_order() -> None:
     assert messages.decode_stream_request(data) == [(10, requests[0]), (11, requests[1]), (12, requests[2])]
 
 
-def test_answers_encoded_one_by_one_join_into_one_response() -> None:
+def test_answers_encoded_together_or_one_by_one_make_the_same_response() -> None:
     answers = [
         StreamAnswer(1, delivery=Delivery(Durable.TRUE, "", partition=2, offset=99, entry_id="e1")),
         StreamAnswer(2, rejection=Rejection(RejectCode.INVALID_ARGUMENT, "lifecycle.delay_ms", "must not be negative")),
         StreamAnswer(3, delivery=Delivery(Durable.UNKNOWN, "no acknowledgement", entry_id="e3")),
     ]
-    decoded = messages.decode_stream_response(b"".join(messages.encode_stream_answer(a) for a in answers))
-    assert decoded == answers
+    assert messages.decode_stream_response(messages.encode_stream_answers(answers)) == answers
+    joined = b"".join(messages.encode_stream_answers([a]) for a in answers)
+    assert messages.decode_stream_response(joined) == answers
 
 
 def test_malformed_stream_messages_are_refused_by_name() -> None:
     with pytest.raises(MalformedMessage, match="WriteStreamRequest"):
         messages.decode_stream_request(b"\xff\xff\xff")
-    empty = messages.encode_stream_answer(StreamAnswer(5))  # neither an answer nor a rejection
+    empty = messages.encode_stream_answers([StreamAnswer(5)])  # neither an answer nor a rejection
     with pytest.raises(MalformedMessage, match="neither"):
         messages.decode_stream_response(empty)
 
 
 class Settled:
+    """Futures of the entries tracked, and how often a window slot was freed."""
+
     def __init__(self) -> None:
-        self.deliveries: dict[int, Delivery] = {}
-        self.errors: dict[int, ApiError] = {}
+        self.futures: dict[int, concurrent.futures.Future[Delivery]] = {}
+        self.released = 0
 
     def track(self, out: Outstanding) -> int:
-        request_id = next(out.ids)
-
-        def resolve(d: Delivery) -> None:
-            self.deliveries[request_id] = d
-
-        def fail(e: ApiError) -> None:
-            self.errors[request_id] = e
-
-        out.waiting[request_id] = (resolve, fail)
+        future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
+        request_id = out.add(future, self._release)
+        self.futures[request_id] = future
         return request_id
+
+    def _release(self) -> None:
+        self.released += 1
+
+    @property
+    def deliveries(self) -> dict[int, Delivery]:
+        return {i: f.result() for i, f in self.futures.items() if f.done() and f.exception() is None}
+
+    @property
+    def errors(self) -> dict[int, ApiError]:
+        found = {i: f.exception() for i, f in self.futures.items() if f.done() and f.exception() is not None}
+        return {i: e for i, e in found.items() if isinstance(e, ApiError)}
 
 
 def test_each_answer_settles_its_own_entry_and_a_rejection_names_the_field() -> None:
@@ -69,7 +80,7 @@ def test_each_answer_settles_its_own_entry_and_a_rejection_names_the_field() -> 
     assert not out.settle(StreamAnswer(a, delivery=Delivery(Durable.TRUE, "")))  # answered already
     assert seen.deliveries[a].entry_id == "x"
     assert seen.errors[b].code is grpc.StatusCode.INVALID_ARGUMENT and seen.errors[b].field == "key"
-    assert not out.waiting and not out.sent
+    assert not out.waiting and not out.sent and seen.released == 2
 
 
 def test_a_broken_stream_makes_sent_entries_unknown_and_unsent_ones_refused() -> None:
@@ -79,7 +90,7 @@ def test_a_broken_stream_makes_sent_entries_unknown_and_unsent_ones_refused() ->
     assert out.fail_all(ConnectionError("reset by peer")) == 2
     assert seen.deliveries[sent].durable is Durable.UNKNOWN and "idempotency key" in seen.deliveries[sent].message
     assert seen.errors[unsent].code is grpc.StatusCode.UNAVAILABLE
-    assert not out.waiting and not out.sent
+    assert not out.waiting and not out.sent and seen.released == 2
 
 
 def test_an_entry_given_up_before_it_was_sent_is_left_out_of_the_message() -> None:
