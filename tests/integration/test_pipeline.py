@@ -244,7 +244,8 @@ def test_a_worker_killed_mid_stream_loses_nothing_after_restart(
     try:
         writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
         try:
-            entries = _history(writer, ns.name, 6000, 500, seed=7)
+            # A backlog the worker cannot clear between two looks at the table, however fast the machine.
+            entries = _history(writer, ns.name, 30_000, 500, seed=7)
             _write_all(writer, entries)
         finally:
             writer.close()
@@ -252,7 +253,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_after_restart(
         worker.start()
         session, _ = stores
         # Kill it once it has applied part of the stream, but not all of it.
-        wait_until(lambda: len(cassandra_rows(session, ns.keyspace)) > 20, 90, "the first rows", worker.tail)
+        wait_until(lambda: len(cassandra_rows(session, ns.keyspace)) > 0, 90, "the first rows", worker.tail)
         worker.kill()
         assert not _converged(ns, stores, expected), "the worker finished before it could be killed mid-stream"
         worker.start()
