@@ -1,0 +1,280 @@
+"""`walstream status` on the real stack: lag and its age with the worker stopped, a poison record's dead letter and
+its reason, entries held in a retry tier with their next due time, the flood guard from /readyz, errors that exit
+2, and `--watch` redrawing in place under a pseudo-terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cassandra.cluster import Session
+from confluent_kafka import Producer
+from elasticsearch import Elasticsearch
+
+from connectors.endpoints import Endpoints
+from streams import topics
+from streams.client.sdk import SyncWalWriter
+from streams.codec import Codec
+from streams.model import Op, Origin, RetryEnvelope, new_entry
+from tests.integration.pipeline import (
+    REPO,
+    ScratchNamespace,
+    WorkerProcess,
+    cassandra_rows,
+    create_namespace,
+    free_port,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _env(ns: ScratchNamespace, **more: str) -> dict[str, str]:
+    """The settings a process needs to find the shared stack and the test's namespace."""
+    eps = ns.endpoints
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+        "WALSTREAM_NAMESPACE_DIR": str(ns.directory),
+        "WALSTREAM_STACK_MODE": "external",
+        "WALSTREAM_KAFKA_BOOTSTRAP": eps.kafka_bootstrap,
+        "WALSTREAM_CASSANDRA_CONTACT": f"{eps.cassandra_host}:{eps.cassandra_port}",
+        "WALSTREAM_ELASTICSEARCH_URL": eps.elasticsearch_url,
+        **more,
+    }
+
+
+def _run(ns: ScratchNamespace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams", "status", *args],
+        cwd=REPO,
+        env=_env(ns, **env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def _status(ns: ScratchNamespace, *args: str) -> dict[str, Any]:
+    """`walstream status NS --json`: the namespace's document, and the workers' under "workers"."""
+    done = _run(ns, ns.name, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    (found,) = doc["namespaces"]
+    assert found["namespace"] == ns.name
+    return {**found, "workers": doc["workers"]}
+
+
+def test_status_shows_lag_and_its_age_dead_letters_and_retry_tiers(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=2, retry={"tiers": ["1s", "10s"], "max_attempts": 5})
+    port = free_port()
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
+    codec = Codec()
+    raw = Producer({"bootstrap.servers": endpoints.kafka_bootstrap})
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        assert writer.write(ns.name, "warm-up", Op.UPSERT, {"color": "white", "qty": 0}).ok
+        wait_until(lambda: "warm-up" in cassandra_rows(session, ns.keyspace), 120, "the worker to start", worker.tail)
+
+        # A poison record: an entry of a namespace this log does not hold goes straight to the DLQ.
+        stray = codec.encode_entry(new_entry("elsewhere", "stray", Op.DELETE, b""))
+        raw.produce(topics.wal_topic(ns.name), key=b"poison", value=stray, partition=0)
+        # Entries held in the 10s tier: due in ten minutes, so they are still waiting when status looks. Each
+        # partition is first-in first-out by due time; the earliest head is partition 0's first.
+        first_due = int(time.time() * 1000) + 600_000
+        held = 0
+        for partition in range(ns.namespace.partitions):
+            for i in range(3):
+                entry = new_entry(ns.name, f"held-{partition}-{i}", Op.UPSERT, b'{"color": "gold", "qty": 1}')
+                due = first_due + partition * 7_000 + i * 1_000
+                origin = Origin(topics.wal_topic(ns.name), partition, 0)
+                envelope = RetryEnvelope(entry, 1, due, ("primary", "search"), "boom", "boom", origin, "10s")
+                raw.produce(
+                    topics.retry_topic(ns.name, "10s"),
+                    key=entry.key.encode(),
+                    value=codec.encode_retry_envelope(envelope),
+                    partition=partition,
+                )
+                held += 1
+        assert raw.flush(30) == 0
+
+        seen: dict[str, Any] = {}
+
+        def caught_up() -> bool:
+            seen.update(_status(ns, "--workers", f"127.0.0.1:{port}"))
+            return seen["dlq"]["last_hour"] == 1 and seen["lag"]["total"] == 0
+
+        wait_until(caught_up, 180, "status to show the dead letter and no lag", lambda: json.dumps(seen, indent=1))
+        # The worker answers /readyz: the flood guard does not hold the namespace.
+        (answer,) = seen["workers"]
+        assert answer["reached"] and answer["held"] == [], answer
+        assert seen["flood_guard_held"] is False
+        assert seen["lag"]["group"] == topics.consumer_group(ns.name)
+
+        assert worker.stop() is not None
+        before_ms = int(time.time() * 1000)
+        entries = [writer.prepare(ns.name, f"late-{i}", Op.UPSERT, {"color": "red", "qty": i}) for i in range(25)]
+        assert all(f.result(60).ok for f in [writer.submit_entry(e) for e in entries])
+        after_ms = int(time.time() * 1000)
+        time.sleep(2)  # an age worth measuring
+
+        found = _status(ns)
+        lag = found["lag"]
+        assert lag["total"] == len(entries), lag
+        assert sum(p["lag"] for p in lag["partitions"]) == len(entries)
+        for p in lag["partitions"]:
+            # A partition the group never committed on is read from its start (offset 0: nothing was removed).
+            assert p["lag"] == p["end"] - (p["committed"] or 0), p
+            assert (p["oldest_ms"] is None) == (p["lag"] == 0), p
+        # The oldest unapplied entry was written while the test wrote the late entries, and its age counts from then.
+        assert before_ms - 1000 <= lag["oldest_ms"] <= after_ms + 1000, (before_ms, lag, after_ms)
+        assert lag["age_s"] == pytest.approx((found["at_ms"] - lag["oldest_ms"]) / 1000, abs=0.01)
+        assert lag["age_s"] >= 2.0 - 1.0
+
+        tiers = {t["tier"]: t for t in found["tiers"]}
+        assert tiers["10s"]["waiting"] == held
+        assert tiers["10s"]["next_due_ms"] == first_due
+        assert tiers["10s"]["next_due_in_s"] > 0
+        assert tiers["1s"]["waiting"] == 0 and tiers["1s"]["next_due_ms"] is None
+
+        dlq = found["dlq"]
+        assert dlq["retained"] == 1 and dlq["last_hour"] == 1, dlq
+        (reason,) = dlq["top_reasons"]
+        assert reason["error_class"] == "undecodable" and reason["count"] == 1
+        assert "unknown-namespace" in reason["reason"], reason
+        # No worker address given now: the flood guard's state is not known.
+        assert found["flood_guard_held"] is None
+
+        # The same look as a screen.
+        screen = _run(ns, ns.name, COLUMNS="160")
+        assert screen.returncode == 0, screen.stderr
+        assert f"lag {len(entries)} entries, oldest written" in screen.stdout, screen.stdout
+        assert "unknown-namespace" in screen.stdout
+    finally:
+        writer.close()
+        worker.stop()
+        ns.drop(session, es)
+
+
+def test_status_shows_the_flood_guard_holding_a_namespace(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=1, retry={"dlq_max_per_minute": 3})
+    port = free_port()
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log", metrics_port=port).start()
+    raw = Producer({"bootstrap.servers": endpoints.kafka_bootstrap})
+    try:
+        for i in range(12):
+            raw.produce(topics.wal_topic(ns.name), key=b"junk", value=b"garbage-%d" % i)
+        assert raw.flush(30) == 0
+        seen: dict[str, Any] = {}
+
+        def held() -> bool:
+            seen.update(_status(ns, "--workers", f"127.0.0.1:{port}"))
+            return seen["flood_guard_held"] is True
+
+        wait_until(held, 180, "status to show the flood guard holding", lambda: json.dumps(seen, indent=1))
+        (answer,) = seen["workers"]
+        assert answer["reached"] and not answer["ready"] and answer["held"] == [ns.name], answer
+        # Held, not drained: what the guard let through is in the DLQ, the rest waits in the log.
+        assert 0 < seen["dlq"]["last_hour"] <= 3
+        assert seen["lag"]["total"] > 0
+        assert seen["dlq"]["top_reasons"][0]["error_class"] == "undecodable"
+        screen = _run(ns, ns.name, "--workers", f"127.0.0.1:{port}", COLUMNS="160")
+        assert "flood guard: HOLDING the namespace" in screen.stdout, screen.stdout
+    finally:
+        worker.stop()
+        ns.drop(session, es)
+
+
+def test_status_refuses_an_unknown_namespace_and_an_unreachable_kafka(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=1)
+    try:
+        unknown = _run(ns, "no_such_namespace")
+        assert unknown.returncode == 2
+        assert "unknown namespace(s) no_such_namespace" in unknown.stderr, unknown.stderr
+
+        bad_workers = _run(ns, ns.name, "--workers", "nowhere")
+        assert bad_workers.returncode == 2
+        assert "--workers: 'nowhere' must look like host:port" in bad_workers.stderr, bad_workers.stderr
+
+        nobody = f"127.0.0.1:{free_port()}"
+        unreachable = _run(ns, ns.name, WALSTREAM_KAFKA_BOOTSTRAP=nobody)
+        assert unreachable.returncode == 2
+        assert f"Kafka at {nobody} does not answer" in unreachable.stderr, unreachable.stderr[-2000:]
+    finally:
+        ns.drop(session, es)
+
+
+#: The header line of every frame `--watch` draws: its look number.
+_FRAME = re.compile(r"walstream status +#(\d+)")
+
+
+def test_status_watch_redraws_in_place_under_a_terminal(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=1)
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "streams", "status", ns.name, "--watch", "--interval", "1"],
+        cwd=REPO,
+        env={**_env(ns), "TERM": "xterm-256color"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 120
+        frames: set[str] = set()
+        while time.monotonic() < deadline and len(frames) < 3:
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if ready:
+                try:
+                    screen += os.read(main, 65536)
+                except OSError:  # the terminal closed: the command ended
+                    break
+            frames = set(_FRAME.findall(screen.decode(errors="replace")))
+        text = screen.decode(errors="replace")
+        assert len(frames) >= 3, f"fewer than three frames were drawn:\n{text[-3000:]}"
+        # Frames after the first are drawn over it: the cursor goes back up and lines are erased, not appended.
+        after_first = text[text.index("#1") :]
+        assert re.search(r"\x1b\[\d*A", after_first) and "\x1b[2K" in after_first, repr(after_first[-2000:])
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        assert plain.count(f"─ {ns.name} ") >= 3  # the namespace's panel, in every frame
+        assert watch.poll() is None  # still watching
+    finally:
+        if watch.poll() is None:
+            watch.send_signal(signal.SIGINT)
+        try:
+            code = watch.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            code = watch.wait(timeout=30)
+        os.close(main)
+        ns.drop(session, es)
+    assert code == 0  # Ctrl-C ends the watch cleanly
