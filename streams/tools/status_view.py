@@ -219,7 +219,8 @@ def _namespace(ns: NamespaceStatus) -> Panel:
     reasons.add_column()
     reasons.add_column(overflow="ellipsis", no_wrap=True, max_width=80)
     for reason in dlq.top_reasons:
-        reasons.add_row(f"{reason.count:,}", reason.error_class, reason.reason)
+        # Text, not markup: a reason such as "field [amount]" is shown as it is.
+        reasons.add_row(f"{reason.count:,}", Text(reason.error_class), Text(reason.reason))
     changes = Text(f"change events in the last minute: {ns.changes_last_minute:,}")
     parts: list[RenderableType] = [summary, flood, partitions, Text(""), tiers, Text(""), letters]
     if dlq.top_reasons:

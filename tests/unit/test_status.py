@@ -41,7 +41,7 @@ def a_look(held: bool | None = False) -> Look:
         Tier("10s", "wal.orders.retry.10s", None, 4, NOW + 6_500),
     )
     dlq = Dlq(
-        12, 3, (Reason("fatal", "search: mapper_parsing_exception", 2), Reason("undecodable", "bad-framing", 1)), 3
+        12, 3, (Reason("fatal", "search: mapper_parsing_exception [qty]", 2), Reason("undecodable", "bad-framing", 1)), 3
     )
     ns = NamespaceStatus("orders", NOW, lag, tiers, dlq, 1520, held)
     return Look(NOW, (ns,), (WorkerReadiness("10.0.0.7:9100", True, held is not True, ("orders",) if held else ()),))
@@ -68,7 +68,7 @@ def test_the_json_document_carries_ages_and_due_times_in_seconds() -> None:
     assert [t["next_due_in_s"] for t in ns["tiers"]] == [None, 6.5]
     assert ns["dlq"]["top_reasons"][0] == {
         "error_class": "fatal",
-        "reason": "search: mapper_parsing_exception",
+        "reason": "search: mapper_parsing_exception [qty]",
         "count": 2,
     }
     assert ns["flood_guard_held"] is False
@@ -94,7 +94,7 @@ def test_the_screen_shows_every_part_of_a_namespace() -> None:
     assert re.search(r"│ 10s +4  in 6s ", text)
     assert re.search(r"│ 0 +10 +15 +5  2m 14s ago ", text)
     assert "dead letters: 3 in the last hour, 12 retained" in text
-    assert re.search(r"│ 2  fatal +search: mapper_parsing_exception ", text)
+    assert re.search(r"│ 2  fatal +search: mapper_parsing_exception \[qty\] ", text)  # not taken for markup
     assert "change events in the last minute: 1,520" in text
     assert "10.0.0.7:9100: ready" in text
 
