@@ -20,15 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cassandra.cluster import Session
 from confluent_kafka import Producer
 from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
+from connectors.kafka.admin import KafkaAdmin
 from streams import topics
 from streams.client.sdk import SyncWalWriter
 from streams.codec import Codec
+from streams.config import Settings, StackMode
 from streams.model import Op, Origin, RetryEnvelope, new_entry
+from streams.namespaces import load_namespace
+from streams.worker.targets import topic_specs
 from tests.integration.pipeline import (
     REPO,
     ScratchNamespace,
@@ -36,6 +41,8 @@ from tests.integration.pipeline import (
     cassandra_rows,
     create_namespace,
     free_port,
+    namespace_document,
+    own_stack,
     wait_until,
 )
 
@@ -224,6 +231,57 @@ def test_status_refuses_an_unknown_namespace_and_an_unreachable_kafka(
         assert f"Kafka at {nobody} does not answer" in unreachable.stderr, unreachable.stderr[-2000:]
     finally:
         ns.drop(session, es)
+
+
+def test_status_reads_a_secured_kafka_with_the_clusters_client_settings(settings: Settings, tmp_path: Path) -> None:
+    """A Kafka of the test's own with TLS and SCRAM passwords: status reads it with `walstream stack env`'s Kafka
+    settings, names the setting when the password is wrong, and never prints the password."""
+    if settings.mode is not StackMode.LOCAL:
+        pytest.skip(f"the secured embedded stack does not apply in {settings.mode.value} mode")
+    with own_stack(settings.local, "walstream-status-secure-", services=["kafka"], secure=True) as stack:
+        endpoints = stack.endpoints()
+        path = tmp_path / "ns" / "secured.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(namespace_document("secured", partitions=2)))
+        ns = load_namespace(path)
+        KafkaAdmin(endpoints.kafka).ensure_topics(topic_specs(ns))
+        writer = SyncWalWriter(endpoints.kafka, {ns.name: ns})
+        try:
+            written = [writer.submit_entry(writer.prepare(ns.name, f"k{i}", Op.UPSERT, {"qty": i})) for i in range(12)]
+            assert all(f.result(60).ok for f in written)
+        finally:
+            writer.close()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+            **{k: v for k, v in stack.client_env().items() if k.startswith(("WALSTREAM_KAFKA_", "WALSTREAM_STACK"))},
+            "WALSTREAM_NAMESPACE_DIR": str(path.parent),
+        }
+        assert env["WALSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+
+        def status(**more: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "streams", "status", ns.name, "--json"],
+                cwd=REPO,
+                env={**env, **more},
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+
+        done = status()
+        assert done.returncode == 0, done.stderr
+        (found,) = json.loads(done.stdout)["namespaces"]
+        assert found["lag"]["group"] is None and found["lag"]["total"] == len(written)
+        assert found["lag"]["oldest_ms"] is not None
+
+        wrong = tmp_path / "wrong.password"
+        wrong.write_text("not-the-password\n")
+        refused = status(WALSTREAM_KAFKA_PASSWORD_FILE=str(wrong))
+        assert refused.returncode == 2
+        assert "WALSTREAM_KAFKA_PASSWORD" in refused.stderr, refused.stderr[-2000:]
+        password = stack.secrets.password(stack.secrets.kafka_password_file)
+        assert not [out for out in (done.stdout, done.stderr, refused.stdout, refused.stderr) if password in out]
 
 
 #: The header line of every frame `--watch` draws: its look number.
