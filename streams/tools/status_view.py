@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
     from connectors.kafka.positions import PositionProbe
     from streams.logs import logging_config
@@ -75,13 +75,18 @@ def status_command(args: argparse.Namespace) -> int:
     chosen = {n: known[n] for n in (args.namespaces or sorted(known))}
     where = endpoints(settings)
     group = f"walstream.{args.group}" if args.group else None
-    probe = PositionProbe(where.kafka)
+    probes = [PositionProbe(where.kafka)]
 
     def one_look() -> Look:
         try:
-            return look(probe, chosen, workers, group)
-        except KafkaException as exc:
-            raise StatusError(f"Kafka at {where.kafka_bootstrap} does not answer: {exc.args[0].str()}") from None
+            return look(probes[0], chosen, workers, group)
+        except (KafkaException, TimeoutError) as exc:
+            # A fresh client for the next look: after a broker restart an old one may keep its stale metadata.
+            probes[0].close()
+            probes[0] = PositionProbe(where.kafka)
+            error: Any = exc.args[0] if exc.args else exc
+            why = error.str() if isinstance(error, KafkaError) else str(exc) or "timed out"
+            raise StatusError(f"Kafka at {where.kafka_bootstrap} does not answer: {why}") from None
 
     try:
         if args.watch:
@@ -98,7 +103,7 @@ def status_command(args: argparse.Namespace) -> int:
         say(f"walstream: error: {exc}")
         return ERROR
     finally:
-        probe.close()
+        probes[0].close()
 
 
 def _watch(one_look: Any, interval: float, as_json: bool) -> int:

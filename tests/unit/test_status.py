@@ -41,7 +41,10 @@ def a_look(held: bool | None = False) -> Look:
         Tier("10s", "wal.orders.retry.10s", None, 4, NOW + 6_500),
     )
     dlq = Dlq(
-        12, 3, (Reason("fatal", "search: mapper_parsing_exception [qty]", 2), Reason("undecodable", "bad-framing", 1)), 3
+        12,
+        3,
+        (Reason("fatal", "search: mapper_parsing_exception [qty]", 2), Reason("undecodable", "bad-framing", 1)),
+        3,
     )
     ns = NamespaceStatus("orders", NOW, lag, tiers, dlq, 1520, held)
     return Look(NOW, (ns,), (WorkerReadiness("10.0.0.7:9100", True, held is not True, ("orders",) if held else ()),))
