@@ -6,7 +6,6 @@ import argparse
 import itertools
 import json
 import logging.config
-import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -107,26 +106,28 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def _watch(one_look: Any, interval: float, as_json: bool) -> int:
-    """Look again every ``interval`` seconds until interrupted; a failed look is shown, and tried again."""
+    """Look again every ``interval`` seconds until interrupted (Ctrl-C); a look that fails says why, and the next
+    one tries again. On a terminal the screen is redrawn in place; otherwise each look is printed after the last."""
     from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
 
     console = Console()
-    stop = threading.Event()
-
     looks = itertools.count(1)
 
-    def frame() -> RenderableType:
+    def frame() -> RenderableType | None:
         number = next(looks)
         try:
             found = one_look()
         except StatusError as exc:
+            if as_json:
+                say(f"walstream: {exc}; trying again in {interval:g}s")
+                return None
             header = f"walstream status  #{number}  {_clock(time.time())}"
             return Text(f"{header}\n{exc}; trying again in {interval:g}s", style="bold red")
         if as_json:
             print(json.dumps(found.to_json()), flush=True)
-            return Text("")
+            return None
         header = f"walstream status  #{number}  {_clock(found.at_ms / 1000)}  every {interval:g}s  (Ctrl-C stops)"
         return Group(Text(header), render(found))
 
@@ -134,15 +135,13 @@ def _watch(one_look: Any, interval: float, as_json: bool) -> int:
         if as_json or not console.is_terminal:
             while True:
                 shown = frame()
-                if not as_json:
+                if shown is not None:
                     console.print(shown)
-                if stop.wait(interval):
-                    return 0
+                time.sleep(interval)
         with Live(console=console, auto_refresh=False, redirect_stdout=False) as live:
             while True:
-                live.update(frame(), refresh=True)
-                if stop.wait(interval):
-                    return 0
+                live.update(frame() or Text(""), refresh=True)
+                time.sleep(interval)
     except KeyboardInterrupt:
         return 0
 

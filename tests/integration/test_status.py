@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,72 @@ def test_status_reads_a_secured_kafka_with_the_clusters_client_settings(settings
         assert "WALSTREAM_KAFKA_PASSWORD" in refused.stderr, refused.stderr[-2000:]
         password = stack.secrets.password(stack.secrets.kafka_password_file)
         assert not [out for out in (done.stdout, done.stderr, refused.stdout, refused.stderr) if password in out]
+
+
+def test_status_watch_rides_out_a_kafka_outage(settings: Settings, tmp_path: Path) -> None:
+    """A Kafka of the test's own is frozen under `status --watch --json`: the looks that fail say so, and the
+    watch goes on looking once Kafka answers again."""
+    if settings.mode is not StackMode.LOCAL:
+        pytest.skip(f"a Kafka of the test's own needs the local mode, not {settings.mode.value}")
+    with own_stack(settings.local, "walstream-status-outage-", services=["kafka"]) as stack:
+        bootstrap = stack.endpoints().kafka_bootstrap
+        path = tmp_path / "ns" / "outage.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(namespace_document("outage", partitions=2)))
+        ns = load_namespace(path)
+        KafkaAdmin(bootstrap).ensure_topics(topic_specs(ns))
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+            "WALSTREAM_STACK_MODE": "external",
+            "WALSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "WALSTREAM_NAMESPACE_DIR": str(path.parent),
+        }
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "streams", "status", ns.name, "--watch", "--json", "--interval", "1"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        looks: list[str] = []
+        complaints: list[str] = []
+        assert watch.stdout is not None and watch.stderr is not None
+        readers = [
+            threading.Thread(target=looks.extend, args=(watch.stdout,), daemon=True),
+            threading.Thread(target=complaints.extend, args=(watch.stderr,), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            wait_until(lambda: len(looks) >= 1, 120, "a first look", lambda: "".join(complaints[-20:]))
+            stack.signal_service("kafka", signal.SIGSTOP)
+            try:
+                wait_until(
+                    lambda: any("does not answer" in line for line in complaints),
+                    120,
+                    "a look that fails while Kafka is frozen",
+                    lambda: "".join(complaints[-20:]),
+                )
+            finally:
+                stack.signal_service("kafka", signal.SIGCONT)
+            seen = len(looks)
+            wait_until(lambda: len(looks) > seen, 120, "a look once Kafka answers", lambda: "".join(complaints[-20:]))
+            assert watch.poll() is None
+            (found,) = json.loads(looks[-1])["namespaces"]
+            assert found["namespace"] == ns.name and found["lag"]["total"] == 0
+        finally:
+            if watch.poll() is None:
+                watch.send_signal(signal.SIGINT)
+            try:
+                code = watch.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                watch.kill()
+                code = watch.wait(timeout=30)
+            for reader in readers:
+                reader.join(timeout=10)
+    assert code == 0
 
 
 #: The header line of every frame `--watch` draws: its look number.
