@@ -81,6 +81,7 @@ class WorkerReadiness:
     ready: bool
     held: tuple[str, ...]  # namespaces its flood guard holds
     error: str | None = None
+    dependencies_down: tuple[str, ...] = ()  # Kafka or stores it cannot reach now
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +274,9 @@ def ask_workers(addresses: Sequence[str], timeout: float = 3.0) -> list[WorkerRe
         try:
             doc = json.loads(body)
             held = tuple(str(n) for n in doc.get("paused_by_flood_guard", ()))
-            found.append(WorkerReadiness(address, True, bool(doc.get("ok")), held))
+            deps = doc.get("dependencies", {})
+            down = tuple(sorted(str(n) for n, state in deps.items() if not state.get("up", True)))
+            found.append(WorkerReadiness(address, True, bool(doc.get("ok")), held, None, down))
         except (ValueError, AttributeError, TypeError):
             found.append(WorkerReadiness(address, False, False, (), "its /readyz did not answer JSON"))
     return found

@@ -172,6 +172,7 @@ def render(found: Look) -> RenderableType:
             f"{w.address}: "
             + (("ready" if w.ready else "not ready") if w.reached else w.error or "no answer")
             + (f", flood guard holds {', '.join(w.held)}" if w.held else "")
+            + (f", {', '.join(w.dependencies_down)} down" if w.dependencies_down else "")
             for w in found.workers
         ]
         panels.append(Text("workers  " + "; ".join(lines)))

@@ -47,7 +47,9 @@ def a_look(held: bool | None = False) -> Look:
         3,
     )
     ns = NamespaceStatus("orders", NOW, lag, tiers, dlq, 1520, held)
-    return Look(NOW, (ns,), (WorkerReadiness("10.0.0.7:9100", True, held is not True, ("orders",) if held else ()),))
+    down = ("cassandra",) if held else ()
+    worker = WorkerReadiness("10.0.0.7:9100", True, held is not True, ("orders",) if held else (), None, down)
+    return Look(NOW, (ns,), (worker,))
 
 
 def test_worker_addresses_are_host_port_or_urls() -> None:
@@ -75,7 +77,9 @@ def test_the_json_document_carries_ages_and_due_times_in_seconds() -> None:
         "count": 2,
     }
     assert ns["flood_guard_held"] is False
-    assert doc["workers"] == [{"address": "10.0.0.7:9100", "reached": True, "ready": True, "held": [], "error": None}]
+    assert doc["workers"] == [
+        {"address": "10.0.0.7:9100", "reached": True, "ready": True, "held": [], "error": None, "dependencies_down": []}
+    ]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.9, "59s"), (134, "2m 14s"), (3 * 3600 + 300, "3h 05m"),
@@ -104,5 +108,5 @@ def test_the_screen_shows_every_part_of_a_namespace() -> None:
 
 def test_the_screen_says_when_the_flood_guard_holds_or_is_not_known() -> None:
     assert "flood guard: HOLDING the namespace" in screen(a_look(held=True))
-    assert "10.0.0.7:9100: not ready, flood guard holds orders" in screen(a_look(held=True))
+    assert "10.0.0.7:9100: not ready, flood guard holds orders, cassandra down" in screen(a_look(held=True))
     assert "flood guard: unknown" in screen(a_look(held=None))
