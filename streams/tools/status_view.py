@@ -71,6 +71,8 @@ def status_command(args: argparse.Namespace) -> int:
             f"unknown namespace(s) {', '.join(unknown)}; {settings.runtime.namespace_dir} has "
             f"{', '.join(sorted(known)) or 'none'}"
         )
+    if not known:
+        raise UsageError(f"no namespaces in {settings.runtime.namespace_dir} (WALSTREAM_NAMESPACE_DIR)")
     chosen = {n: known[n] for n in (args.namespaces or sorted(known))}
     where = endpoints(settings)
     group = f"walstream.{args.group}" if args.group else None

@@ -222,6 +222,12 @@ def test_status_refuses_an_unknown_namespace_and_an_unreachable_kafka(
         assert unknown.returncode == 2
         assert "unknown namespace(s) no_such_namespace" in unknown.stderr, unknown.stderr
 
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        nothing = _run(ns, WALSTREAM_NAMESPACE_DIR=str(empty))
+        assert nothing.returncode == 2
+        assert f"no namespaces in {empty}" in nothing.stderr, nothing.stderr
+
         bad_workers = _run(ns, ns.name, "--workers", "nowhere")
         assert bad_workers.returncode == 2
         assert "--workers: 'nowhere' must look like host:port" in bad_workers.stderr, bad_workers.stderr
