@@ -180,6 +180,42 @@ def test_status_shows_lag_and_its_age_dead_letters_and_retry_tiers(
         ns.drop(session, es)
 
 
+def test_status_counts_what_a_failing_target_sent_to_a_retry_tier(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    """The search index refuses writes with 429 (a read-only-allow-delete block, as at the disk's flood stage):
+    the worker sends the entries to the first tier, and status counts them there with their due time."""
+    session, es = stores
+    ns = create_namespace(endpoints, tmp_path / "ns", partitions=2, retry={"tiers": ["10m", "1h"], "max_attempts": 5})
+    es.indices.put_settings(index=ns.index, settings={"index.blocks.read_only_allow_delete": True})
+    worker = WorkerProcess(ns, tmp_path / "data", tmp_path / "worker.log").start()
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {ns.name: ns.namespace})
+    try:
+        before_ms = int(time.time() * 1000)
+        entries = [writer.prepare(ns.name, f"k{i}", Op.UPSERT, {"color": "blue", "qty": i}) for i in range(10)]
+        assert all(f.result(60).ok for f in [writer.submit_entry(e) for e in entries])
+        seen: dict[str, Any] = {}
+
+        def in_the_tier() -> bool:
+            seen.update(_status(ns))
+            waiting = {t["tier"]: t["waiting"] for t in seen["tiers"]}
+            return waiting == {"10m": len(entries), "1h": 0} and seen["lag"]["total"] == 0  # the log committed
+
+        wait_until(in_the_tier, 180, "the entries to wait in the 10m tier", lambda: json.dumps(seen) + worker.tail())
+        (tier, _) = seen["tiers"]
+        # Each entry is due ten minutes after its failed try, which came after it was written and before status
+        # looked.
+        assert before_ms + 600_000 <= tier["next_due_ms"] <= seen["at_ms"] + 600_000, (before_ms, tier)
+        assert 0 < tier["next_due_in_s"] <= 600
+        assert seen["dlq"]["retained"] == 0
+        assert len(cassandra_rows(session, ns.keyspace)) == len(entries)  # the primary store took them at once
+    finally:
+        es.indices.put_settings(index=ns.index, settings={"index.blocks.read_only_allow_delete": None})
+        writer.close()
+        worker.stop()
+        ns.drop(session, es)
+
+
 def test_status_shows_the_flood_guard_holding_a_namespace(
     endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
 ) -> None:
