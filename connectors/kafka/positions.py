@@ -89,7 +89,8 @@ class PositionProbe:
         aborted records are passed over); a partition with none before its end is left out."""
         if not offsets:
             return {}
-        self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        assigned = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+        self._consumer.assign(assigned)
         found: dict[int, Head] = {}
         open_ = set(offsets)
         deadline = time.monotonic() + self.timeout
@@ -108,8 +109,10 @@ class PositionProbe:
                     stamp = msg.timestamp()[1]
                     found[partition] = Head(partition, msg.offset() or 0, int(stamp), msg.value() or b"")
                     open_.discard(partition)
-                    self._consumer.pause([TopicPartition(topic, partition)])
+                    self._consumer.pause([TopicPartition(topic, partition)])  # its head is all we want
         finally:
+            # A pause outlives the assignment in the client: the next look at this topic must not find it paused.
+            self._consumer.resume(assigned)
             self._consumer.unassign()
         return found
 

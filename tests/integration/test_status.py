@@ -339,6 +339,12 @@ def test_status_watch_rides_out_a_kafka_outage(settings: Settings, tmp_path: Pat
         path.write_text(yaml.safe_dump(namespace_document("outage", partitions=2)))
         ns = load_namespace(path)
         KafkaAdmin(bootstrap).ensure_topics(topic_specs(ns))
+        writer = SyncWalWriter(bootstrap, {ns.name: ns})
+        try:
+            waiting = [writer.submit_entry(writer.prepare(ns.name, f"k{i}", Op.UPSERT, {"qty": i})) for i in range(5)]
+            assert all(f.result(60).ok for f in waiting)
+        finally:
+            writer.close()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
             "WALSTREAM_STACK_MODE": "external",
@@ -364,7 +370,11 @@ def test_status_watch_rides_out_a_kafka_outage(settings: Settings, tmp_path: Pat
         for reader in readers:
             reader.start()
         try:
-            wait_until(lambda: len(looks) >= 1, 120, "a first look", lambda: "".join(complaints[-20:]))
+            wait_until(lambda: len(looks) >= 3, 120, "three looks", lambda: "".join(complaints[-20:]))
+            # Every look finds the oldest waiting entry again (no look is left with the last one's reading state).
+            for line in looks[:3]:
+                (lag,) = [ns_["lag"] for ns_ in json.loads(line)["namespaces"]]
+                assert lag["total"] == len(waiting) and lag["oldest_ms"] is not None, lag
             stack.signal_service("kafka", signal.SIGSTOP)
             try:
                 wait_until(
@@ -379,7 +389,8 @@ def test_status_watch_rides_out_a_kafka_outage(settings: Settings, tmp_path: Pat
             wait_until(lambda: len(looks) > seen, 120, "a look once Kafka answers", lambda: "".join(complaints[-20:]))
             assert watch.poll() is None
             (found,) = json.loads(looks[-1])["namespaces"]
-            assert found["namespace"] == ns.name and found["lag"]["total"] == 0
+            assert found["namespace"] == ns.name and found["lag"]["total"] == len(waiting)
+            assert found["lag"]["oldest_ms"] is not None
         finally:
             if watch.poll() is None:
                 watch.send_signal(signal.SIGINT)
