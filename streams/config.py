@@ -211,6 +211,24 @@ class RuntimeSettings(_Frozen):
     metrics_host: str = "127.0.0.1"
     #: Where helm/install-tools.sh puts the chart tools (read by that script and tests/helm; default <repo>/.tools).
     tools_dir: Path | None = None
+    #: Workers' /readyz addresses (host:port or http(s)://host:port, comma-separated) that `walstream status`
+    #: asks whether the flood guard holds a namespace.
+    status_workers: tuple[str, ...] = ()
+
+    @field_validator("status_workers", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        return parse_addresses(value) if isinstance(value, str) else value
+
+
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """Comma-separated HTTP addresses (host:port, or http(s)://host:port); ValueError names a malformed one."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in found:
+        host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r} must look like host:port or http://host:port")
+    return found
 
 
 class ApiSettings(_Frozen):
@@ -290,6 +308,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "REPLICATION_FACTOR": ("runtime", "replication_factor"),
     "TOOLS_DIR": ("runtime", "tools_dir"),
     "METRICS_HOST": ("runtime", "metrics_host"),
+    "STATUS_WORKERS": ("runtime", "status_workers"),
     "API_HOST": ("api", "host"),
     "API_PORT": ("api", "port"),
     "API_MAX_IN_FLIGHT": ("api", "max_in_flight"),
