@@ -8,18 +8,5 @@ command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 [ ${#missing[@]} -eq 0 ] && exit 0
-
-if ! command -v apt-get >/dev/null; then
-  echo "error: install ${missing[*]} with your package manager (no apt-get here)" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null; then SUDO="sudo"; else
-    echo "error: run as root or install ${missing[*]} yourself" >&2
-    exit 1
-  fi
-fi
-echo "installing ${missing[*]} with apt-get" >&2
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" uidmap
+# uidmap: podman's helpers for user namespaces, which it looks for even when rootful.
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/apt-install.sh" "${missing[@]}" uidmap
