@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +45,13 @@ class LocalStackSettings(_Frozen):
     cassandra_storage_port: Port = 17000
     elasticsearch_port: Port = 19200
     elasticsearch_transport_port: Port = 19300
+    #: 2 adds a second region beside the first: its own Kafka (the ports below) and one MirrorMaker 2 process
+    #: replicating the namespaces' logs both ways. Its stores are a keyspace and an index of their own on the
+    #: same Cassandra and Elasticsearch (the region's ``store_suffix``).
+    regions: int = Field(default=1, ge=1, le=2)
+    kafka_west_port: Port = 19094
+    kafka_west_controller_port: Port = 19095
+    mirror_heap: str = "256m"
     kafka_heap: str = "512m"
     cassandra_heap: str = "1g"
     elasticsearch_heap: str = "512m"
@@ -53,7 +62,7 @@ class LocalStackSettings(_Frozen):
     #: security module and TLS. Certificates and passwords are generated into ``<stack_dir>/secrets``.
     secure: bool = False
 
-    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap")
+    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap", "mirror_heap")
     @classmethod
     def _heap_size(cls, value: str) -> str:
         digits, unit = value[:-1], value[-1:].lower()
@@ -79,6 +88,8 @@ class LocalStackSettings(_Frozen):
             "cassandra_storage_port": self.cassandra_storage_port,
             "elasticsearch_port": self.elasticsearch_port,
             "elasticsearch_transport_port": self.elasticsearch_transport_port,
+            "kafka_west_port": self.kafka_west_port,
+            "kafka_west_controller_port": self.kafka_west_controller_port,
         }
 
 
@@ -201,6 +212,56 @@ class ClientSecurity(_Frozen):
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
 
 
+_REGION_NAME = r"[a-z][a-z0-9]{0,15}"
+
+
+class RegionEndpoints(_Frozen):
+    """Where one region's services answer. ``store_suffix`` is appended to the namespaces' Cassandra keyspaces and
+    Elasticsearch indices in that region (regions that share servers, as on the local stack, keep apart by it)."""
+
+    kafka_bootstrap: str
+    cassandra_contact: str | None = None
+    elasticsearch_url: str | None = None
+    store_suffix: str = Field(default="", pattern=r"^[a-z0-9_]{0,16}$")
+
+
+class RegionSettings(_Frozen):
+    """The region this process runs in and every region's endpoints (``WALSTREAM_REGION``,
+    ``WALSTREAM_REGION_ENDPOINTS``: a JSON object of region name -> endpoints)."""
+
+    name: str | None = Field(default=None, pattern=f"^{_REGION_NAME}$")
+    endpoints: dict[str, RegionEndpoints] = Field(default_factory=dict)
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object of region -> endpoints: {exc}") from None
+        if isinstance(value, dict):
+            bad = [name for name in value if not isinstance(name, str) or re.fullmatch(_REGION_NAME, name) is None]
+            if bad:
+                raise ValueError(f"region name(s) {bad} must be 1 to 16 lowercase letters or digits, a letter first")
+        return value
+
+    @model_validator(mode="after")
+    def _known(self) -> RegionSettings:
+        if self.name is not None and self.endpoints and self.name not in self.endpoints:
+            raise ValueError(
+                f"WALSTREAM_REGION {self.name!r} is not among WALSTREAM_REGION_ENDPOINTS ({', '.join(self.endpoints)})"
+            )
+        return self
+
+    @property
+    def store_suffix(self) -> str:
+        """The suffix of this process's region's stores ('' outside a region)."""
+        if self.name is None or self.name not in self.endpoints:
+            return ""
+        return self.endpoints[self.name].store_suffix
+
+
 class RuntimeSettings(_Frozen):
     """What the workers and tools need besides endpoints."""
 
@@ -256,6 +317,7 @@ class Settings(_Frozen):
     external: ExternalEndpointSettings = ExternalEndpointSettings()
     runtime: RuntimeSettings
     api: ApiSettings = ApiSettings()
+    region: RegionSettings = RegionSettings()
     kafka: KafkaSecurity = KafkaSecurity()
     cassandra: CassandraSecurity = CassandraSecurity()
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
@@ -277,6 +339,12 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "ELASTICSEARCH_PORT": ("local", "elasticsearch_port"),
     "ELASTICSEARCH_TRANSPORT_PORT": ("local", "elasticsearch_transport_port"),
     "KAFKA_HEAP": ("local", "kafka_heap"),
+    "STACK_REGIONS": ("local", "regions"),
+    "KAFKA_WEST_PORT": ("local", "kafka_west_port"),
+    "KAFKA_WEST_CONTROLLER_PORT": ("local", "kafka_west_controller_port"),
+    "MIRROR_HEAP": ("local", "mirror_heap"),
+    "REGION": ("region", "name"),
+    "REGION_ENDPOINTS": ("region", "endpoints"),
     "CASSANDRA_HEAP": ("local", "cassandra_heap"),
     "ELASTICSEARCH_HEAP": ("local", "elasticsearch_heap"),
     "ELASTICSEARCH_USER": ("local", "elasticsearch_user"),
@@ -357,6 +425,7 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "external": {},
         "runtime": {"data_dir": data_dir},
         "api": {},
+        "region": {},
         "kafka": {},
         "cassandra": {},
         "elasticsearch": {},

@@ -215,7 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
-    stack.add_argument("services", nargs="*", help="kafka, cassandra, elasticsearch (default: all)")
+    stack.add_argument(
+        "services", nargs="*", help="kafka, cassandra, elasticsearch, kafka-west, mirrormaker (default: all)"
+    )
+    stack.add_argument(
+        "--regions",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="up: 2 adds a second region (its own Kafka, kafka-west) and MirrorMaker 2 between the two "
+        "(WALSTREAM_STACK_REGIONS); status and down cover whatever is running",
+    )
+    stack.add_argument("--region", default=None, help="env: the settings of a process in this region (east, west)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
     stack.add_argument(
         "--secure",
