@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from streams.regions import RegionSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -210,56 +210,6 @@ class ClientSecurity(_Frozen):
     kafka: KafkaSecurity = KafkaSecurity()
     cassandra: CassandraSecurity = CassandraSecurity()
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
-
-
-_REGION_NAME = r"[a-z][a-z0-9]{0,15}"
-
-
-class RegionEndpoints(_Frozen):
-    """Where one region's services answer. ``store_suffix`` is appended to the namespaces' Cassandra keyspaces and
-    Elasticsearch indices in that region (regions that share servers, as on the local stack, keep apart by it)."""
-
-    kafka_bootstrap: str
-    cassandra_contact: str | None = None
-    elasticsearch_url: str | None = None
-    store_suffix: str = Field(default="", pattern=r"^[a-z0-9_]{0,16}$")
-
-
-class RegionSettings(_Frozen):
-    """The region this process runs in and every region's endpoints (``WALSTREAM_REGION``,
-    ``WALSTREAM_REGION_ENDPOINTS``: a JSON object of region name -> endpoints)."""
-
-    name: str | None = Field(default=None, pattern=f"^{_REGION_NAME}$")
-    endpoints: dict[str, RegionEndpoints] = Field(default_factory=dict)
-
-    @field_validator("endpoints", mode="before")
-    @classmethod
-    def _json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                raise ValueError(f"not a JSON object of region -> endpoints: {exc}") from None
-        if isinstance(value, dict):
-            bad = [name for name in value if not isinstance(name, str) or re.fullmatch(_REGION_NAME, name) is None]
-            if bad:
-                raise ValueError(f"region name(s) {bad} must be 1 to 16 lowercase letters or digits, a letter first")
-        return value
-
-    @model_validator(mode="after")
-    def _known(self) -> RegionSettings:
-        if self.name is not None and self.endpoints and self.name not in self.endpoints:
-            raise ValueError(
-                f"WALSTREAM_REGION {self.name!r} is not among WALSTREAM_REGION_ENDPOINTS ({', '.join(self.endpoints)})"
-            )
-        return self
-
-    @property
-    def store_suffix(self) -> str:
-        """The suffix of this process's region's stores ('' outside a region)."""
-        if self.name is None or self.name not in self.endpoints:
-            return ""
-        return self.endpoints[self.name].store_suffix
 
 
 class RuntimeSettings(_Frozen):

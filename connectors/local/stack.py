@@ -250,7 +250,10 @@ class LocalStack:
         the second region's stores a keyspace and index of their own (suffix ``_west``) on the same servers."""
         s = self.settings
         scheme = "https" if self.secure else "http"
-        shared = {"cassandra_contact": f"{HOST}:{s.cassandra_port}", "elasticsearch_url": f"{scheme}://{HOST}:{s.elasticsearch_port}"}
+        shared = {
+            "cassandra_contact": f"{HOST}:{s.cassandra_port}",
+            "elasticsearch_url": f"{scheme}://{HOST}:{s.elasticsearch_port}",
+        }
         east, west = LOCAL_REGIONS
         return {
             east: {"kafka_bootstrap": f"{HOST}:{s.kafka_port}", **shared, "store_suffix": ""},

@@ -15,7 +15,7 @@ from streams.api.listen import ListenError
 from streams.config import ConfigError, StackMode, load_settings
 from streams.namespaces import NamespaceError
 from streams.tools.common import STORES_TOO as _STORES_TOO
-from streams.tools.common import UsageError
+from streams.tools.common import UsageError, region_endpoints
 from streams.tools.common import endpoints as _endpoints
 from streams.tools.common import namespaces as _namespaces
 from streams.tools.common import say as _say
@@ -80,7 +80,21 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
-    asyncio.run(apply_namespaces(namespaces.values(), _endpoints(settings, _STORES_TOO), progress=_say))
+    local = _endpoints(settings, _STORES_TOO)
+    asyncio.run(apply_namespaces(namespaces.values(), local, progress=_say))
+    # A replicated namespace is made in every one of its other regions too (topics, keyspaces and indices), with
+    # the same partition count, so each region's workers and MirrorMaker 2 find them.
+    for region, spec in settings.region.endpoints.items():
+        if region == settings.region.name:
+            continue
+        there = [
+            ns.in_region(region, spec.store_suffix)
+            for ns in namespaces.values()
+            if ns.replication is not None and region in ns.replication.regions
+        ]
+        if there:
+            _say(f"region {region}:")
+            asyncio.run(apply_namespaces(there, region_endpoints(settings, local, region), progress=_say))
     return 0
 
 
