@@ -384,8 +384,7 @@ class Namespace(_Model):
         return copy
 
     @property
-    def replicated(self) -> bool:
-        """True when the namespace is replicated and this copy runs in one of its regions."""
+    def replicated(self) -> bool:  # replicated, and this copy runs in one of its regions
         return self.replication is not None and self._region is not None
 
     def logs(self) -> tuple[str, ...]:
@@ -397,8 +396,11 @@ class Namespace(_Model):
 
     def origin_rank(self, topic: str) -> int:
         """The position in ``replication.regions`` of the region whose log ``topic`` is."""
-        assert self.replication is not None and self._region is not None
-        return self.replication.regions.index(origin_region(self.name, topic, self._region))
+        return self.replication.regions.index(self.origin_region(topic)) if self.replication else 0
+
+    def origin_region(self, topic: str) -> str:
+        """The region whose log ``topic`` is (this copy's region for ``wal.<ns>``)."""
+        return origin_region(self.name, topic, self._region or "")
 
     def target(self, name: str) -> CassandraTarget | ElasticsearchTarget | KafkaTarget:
         """The target called ``name``; UnknownTargetError if the namespace does not declare it."""

@@ -82,6 +82,7 @@ class Applier:
         schedule: RetrySchedule,
         hold_s: float = 30.0,
         origin_rank: Callable[[str], int] | None = None,
+        origin_region: Callable[[str], str] | None = None,
     ) -> None:
         """``origin_rank``: for a replicated namespace, the rank of the region whose log a topic is; the store
         version of its entries is then the composite of ``core/versions.py``."""
@@ -95,6 +96,7 @@ class Applier:
         self._hold_s = hold_s
         self._cdc = topics.cdc_topic(namespace)
         self._origin_rank = origin_rank
+        self._origin_region = origin_region
 
     def decode(self, record: Record) -> WalEntry | DecodeError:
         """The entry of a log record, or why it is not one of this namespace."""
@@ -206,6 +208,8 @@ class Applier:
                 due = due_ms(entry)
                 if due:
                     metrics.child(metrics.delay_lateness, ns).observe(max(now - due / 1000, 0.0))
+        if self._origin_region is not None:
+            self._count_origins(result, items, now)
         for outcomes, label in ((applied, "applied"), (skipped, "skipped")):
             for targets, count in outcomes.items():
                 for target in targets:
@@ -218,6 +222,23 @@ class Applier:
             metrics.child(metrics.entry_results, ns, outcome_result).inc(count)
         if events:
             sends.append(self._producer.send_many(events))
+
+    def _count_origins(self, result: DispatchResult, items: Sequence[Pending], now: float) -> None:
+        """Entries done per origin region, and each origin's lag as of its newest entry of the batch."""
+        assert self._origin_region is not None
+        metrics, ns = self._metrics, self.namespace
+        done: collections.Counter[str] = collections.Counter()
+        newest: dict[str, int] = {}
+        for outcome, item in zip(result.outcomes, items, strict=True):
+            if outcome.failed:
+                continue
+            region = self._origin_region(item.origin.topic)
+            done[region] += 1
+            written = item.entry.lifecycle.original_write_time
+            newest[region] = max(newest.get(region, 0), written)
+        for region, count in done.items():
+            metrics.child(metrics.replicated_entries, ns, region).inc(count)
+            metrics.child(metrics.replication_lag, ns, region).set(max(now - newest[region] / 1e6, 0.0))
 
     def _event(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> Outgoing:
         """The change event announcing ``entry``, keyed like it, with its trace context."""

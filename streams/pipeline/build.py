@@ -82,4 +82,5 @@ def build_applier(
         schedule_of(ns),
         hold_s,
         origin_rank=ns.origin_rank if ns.replicated else None,
+        origin_region=ns.origin_region if ns.replicated else None,
     )

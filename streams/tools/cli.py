@@ -23,6 +23,7 @@ from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
 from streams.tools.repair.cli import add_parsers as _add_repair_parsers
+from streams.tools.replication import add_parsers as _add_replication_parsers
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         cmd.set_defaults(handler=handler)
 
+    _add_replication_parsers(sub)
     _add_repair_parsers(sub)
     return parser
 

@@ -123,7 +123,7 @@ async def apply_namespaces(
             # A topic that existed takes the namespace's settings (the log's retention) too.
             admin.set_configs([s for s in specs if s.config and s.name not in created])
             progress(
-                f"{ns.name}: topics ready ({len(created)} created, {len(ns.topics()) - len(created)} existed; "
+                f"{ns.name}: topics ready ({len(created)} created, {len(specs) - len(created)} existed; "
                 f"log retention {ns.retention})"
             )
             for name, sink in build_sinks(ns, connections).items():

@@ -111,22 +111,43 @@ class ReplicatedNamespace:
             drop_target_index(es, self.index(name))
 
 
+def region_env(rns_or_regions: dict[str, Region], directory: Path, region: str = REGIONS[0]) -> dict[str, str]:
+    """The environment of a `walstream` command run in ``region``."""
+    here = rns_or_regions[region]
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
+        "WALSTREAM_STACK_MODE": "external",
+        "WALSTREAM_NAMESPACE_DIR": str(directory),
+        "WALSTREAM_KAFKA_BOOTSTRAP": here.kafka,
+        "WALSTREAM_CASSANDRA_CONTACT": f"{here.endpoints.cassandra_host}:{here.endpoints.cassandra_port}",
+        "WALSTREAM_ELASTICSEARCH_URL": here.endpoints.elasticsearch_url,
+        **here.env,
+    }
+
+
+def replication_status(rns: ReplicatedNamespace) -> list[dict[str, Any]]:
+    """`walstream replication status NS --json`, run in the first region."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "replication", "status", rns.name, "--json"],
+        cwd=REPO,
+        env=region_env(rns.regions, rns.directory),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
 def create_replicated(regions: dict[str, Region], directory: Path, partitions: int = 3) -> ReplicatedNamespace:
     """A fresh namespace in both regions, made by `walstream namespaces apply` run in the first region."""
     doc = namespace_document(f"t{os.urandom(5).hex()}", partitions, replication={"regions": list(REGIONS)})
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{doc['name']}.yaml"
     path.write_text(yaml.safe_dump(doc))
-    east = regions[REGIONS[0]]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("WALSTREAM_")},
-        "WALSTREAM_STACK_MODE": "external",
-        "WALSTREAM_NAMESPACE_DIR": str(directory),
-        "WALSTREAM_KAFKA_BOOTSTRAP": east.kafka,
-        "WALSTREAM_CASSANDRA_CONTACT": f"{east.endpoints.cassandra_host}:{east.endpoints.cassandra_port}",
-        "WALSTREAM_ELASTICSEARCH_URL": east.endpoints.elasticsearch_url,
-        **east.env,
-    }
+    env = region_env(regions, directory)
     done = subprocess.run(
         [sys.executable, "-m", "streams", "namespaces", "apply"],
         cwd=REPO,
@@ -153,7 +174,7 @@ def workload(namespace: str, count: int, keys: int, seed: int, tie_every: int = 
         sequence = base + step * 10
         key = f"k{rng.randrange(keys)}"
 
-        def one(region: str) -> WalEntry:
+        def one(region: str, key: str = key, sequence: int = sequence) -> WalEntry:
             if rng.random() < 0.2:
                 return new_entry(namespace, key, Op.DELETE, b"", sequence=sequence)
             payload = {"color": f"{region}-{rng.randrange(1000)}", "qty": rng.randrange(10**6)}

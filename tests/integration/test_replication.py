@@ -4,6 +4,7 @@ region, a killed MirrorMaker 2, and a writer failing over to the other region.""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import threading
@@ -17,7 +18,12 @@ from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
 from connectors.local.stack import LocalStack
+from streams.client.failover import FailoverWriter
+from streams.client.sdk import WalWriter
 from streams.config import Settings
+from streams.model import Op, new_entry
+from streams.namespaces import load_namespace
+from streams.ports import Durable
 from tests.integration.pipeline import own_stack, wait_until
 from tests.integration.replication import (
     REGION_SERVICES,
@@ -33,6 +39,7 @@ from tests.integration.replication import (
     model_of,
     records,
     regions_of,
+    replication_status,
     running,
     workload,
     write,
@@ -75,23 +82,32 @@ def _converge(rns: ReplicatedNamespace, written: dict, session: Session, es: Ela
     )
 
 
-def _no_loops(rns: ReplicatedNamespace, written: dict) -> None:  # type: ignore[type-arg]
-    """Every replicated log holds exactly its source's records; no entry is twice in a region's logs; nothing
-    was replicated back; no entry was announced twice in a region."""
+def _no_loops(rns: ReplicatedNamespace, written: dict, exact: bool = True) -> None:  # type: ignore[type-arg]
+    """Each replicated log holds its source's records (``exact``: the same count, as after a quiet run; else at
+    least each entry, as MirrorMaker 2 may copy a record twice when an outage made it resend); no entry was
+    written twice into a region's logs; nothing was replicated back; no entry was announced twice in a region."""
     log = f"wal.{rns.name}"
     for region in REGIONS:
         other = next(r for r in REGIONS if r != region)
         here, there = rns.regions[region].kafka, rns.regions[other].kafka
         source = entry_ids(here, log)
         assert sorted(source) == sorted(e.entry_id for e in written[region])
-        wait_until(
-            lambda: len(records(there, f"{region}.{log}")) == len(source),
-            120,
-            f"{region}'s log to be replicated whole into {other}",
-        )
-        assert sorted(entry_ids(there, f"{region}.{log}")) == sorted(source)
+        replica = f"{region}.{log}"
+
+        def replicated(
+            here: str = here, there: str = there, replica: str = replica, source: list[str] = source
+        ) -> bool:
+            if exact:  # hand-backs of retried entries included: the replica holds every record of its source
+                return len(records(there, replica)) == len(records(here, log))
+            return set(entry_ids(there, replica)) >= set(source)
+
+        wait_until(replicated, 120, f"{region}'s log to be replicated whole into {other}")
+        copied = entry_ids(there, replica)
+        assert (sorted(copied) == sorted(source)) if exact else (set(copied) == set(source))
         seen = entry_ids(here, log) + entry_ids(here, f"{other}.{log}")
-        assert len(seen) == len(set(seen)) == len(set(all_ids(written)))
+        assert set(seen) == set(all_ids(written))
+        if exact:
+            assert len(seen) == len(set(seen))
         assert records(here, f"{other}.{region}.{log}") == []  # never replicated back
         twice = {entry: n for entry, n in announced(here, f"{log}.cdc").items() if n > 1}
         assert twice == {}, f"entries announced more than once in {region}: {list(twice.items())[:5]}"
@@ -108,6 +124,9 @@ def test_active_active_writes_converge_in_all_four_stores_without_loops(
         write(rns, written)
         _converge(rns, written, session, es)
         _no_loops(rns, written)
+        status = replication_status(rns)
+        assert [row["direction"] for row in status] == ["east -> west", "west -> east"]
+        assert all(row["mirrormaker"] == "running" and row["lag_records"] == 0 for row in status), status
 
 
 def test_a_frozen_region_catches_up_and_converges(
@@ -136,7 +155,7 @@ def test_a_frozen_region_catches_up_and_converges(
             pair.signal_service("kafka-west", signal.SIGCONT)
         write(rns, late_west)
         _converge(rns, written, session, es)
-        _no_loops(rns, written)
+        _no_loops(rns, written, exact=False)
 
 
 def test_mirrormaker_killed_mid_stream_and_restarted_loses_nothing(
@@ -161,7 +180,33 @@ def test_mirrormaker_killed_mid_stream_and_restarted_loses_nothing(
         assert started.started == ["mirrormaker"]
         _converge(rns, written, session, es)
         # MM2 may copy a record twice after a crash (at-least-once); the entry is still applied once per region.
-        for region in REGIONS:
-            log = f"wal.{rns.name}"
-            twice = {e: n for e, n in announced(rns.regions[region].kafka, f"{log}.cdc").items() if n > 1}
-            assert twice == {}
+        _no_loops(rns, written, exact=False)
+
+
+def test_writer_fails_over_to_the_next_region_while_its_own_kafka_is_stopped(
+    rns: ReplicatedNamespace, pair: LocalStack, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    doc = rns.directory / f"{rns.name}.yaml"
+    doc.write_text(doc.read_text().replace("regions:", "failover: true\n  regions:"))
+    ns = load_namespace(doc)
+    assert ns.replication is not None and ns.replication.failover
+    east, west = rns.regions["east"], rns.regions["west"]
+    entry = new_entry(ns.name, "failover", Op.UPSERT, b'{"color": "green", "qty": 7}')
+    with running(rns, tmp_path, session, es):
+        writer = FailoverWriter(
+            [("east", WalWriter(east.kafka, {ns.name: ns})), ("west", WalWriter(west.kafka, {ns.name: ns}))],
+            {ns.name: ns},
+            answer_timeout_s=5,
+        )
+        pair.signal_service("kafka", signal.SIGSTOP)
+        try:
+            answer = asyncio.run(writer.write_entry(entry))
+        finally:
+            pair.signal_service("kafka", signal.SIGCONT)
+            writer.close(5)
+        assert answer.delivery.durable is Durable.TRUE and answer.region == "west", answer
+        assert answer.delivery.topic == f"wal.{ns.name}"
+        _converge(rns, {"east": [], "west": [entry]}, session, es)
+        assert entry_ids(east.kafka, f"wal.{ns.name}") == []  # east's own log never got it
+        assert entry_ids(east.kafka, f"west.wal.{ns.name}") == [entry.entry_id]

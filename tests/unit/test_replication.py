@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 
+from streams.client.failover import FailoverWriter
+from streams.client.sdk import WalWriter
 from streams.core.dispatch import Dispatcher, KeyState
 from streams.core.versions import MAX_REPLICATED_SEQUENCE, rank_of, replicated_version, sequence_of
 from streams.model import ChangeOp, Op, WalEntry, new_entry
 from streams.namespaces import NamespaceError, parse_namespace
+from streams.ports import Durable
 from streams.topics import origin_region, region_logs
-from tests.unit.fakes import MemorySink
+from tests.unit.fakes import MemoryProducer, MemorySink
 
 
 def _entry(key: str, seq: int, value: str, op: Op = Op.UPSERT) -> WalEntry:
@@ -113,3 +116,47 @@ def test_a_region_consumes_its_log_and_the_others_and_keeps_its_stores_apart() -
     assert origin_region("orders", "c.wal.orders", "b") == "c"
     with pytest.raises(ValueError, match="not a log"):
         origin_region("orders", "wal.orders.dlq", "b")
+
+
+class _Region(WalWriter):
+    """A WalWriter on an in-memory producer whose Kafka answers or not."""
+
+    def __init__(self, ns: Any, answers: bool = True) -> None:
+        self.producer = MemoryProducer()
+        super().__init__("unused:9092", {ns.name: ns}, producer=self.producer)
+        self.answers = answers
+
+    def reaches_kafka(self, timeout: float = 2.0) -> bool:
+        return self.answers
+
+
+def _failover(failover: bool, east_answers: bool) -> tuple[FailoverWriter, _Region, _Region, Any]:
+    ns = parse_namespace(_doc(replication={"regions": ["east", "west"], "failover": failover}))
+    east, west = _Region(ns, east_answers), _Region(ns, True)
+    return FailoverWriter([("east", east), ("west", west)], {ns.name: ns}, answer_timeout_s=0.1), east, west, ns
+
+
+def _upsert(ns: Any) -> WalEntry:
+    return new_entry(ns.name, "k", Op.UPSERT, b'{"a": 1}', sequence=5)
+
+
+def test_a_writer_whose_region_does_not_answer_writes_to_the_next_region() -> None:
+    writer, east, west, ns = _failover(True, east_answers=False)
+    answer = asyncio.run(writer.write_entry(_upsert(ns)))
+    assert answer.ok and answer.region == "west"
+    assert east.producer.sent == [] and len(west.producer.to("wal.orders")) == 1
+
+
+def test_without_failover_a_silent_region_is_a_refusal_not_a_detour() -> None:
+    writer, _east, west, ns = _failover(False, east_answers=False)
+    answer = asyncio.run(writer.write_entry(_upsert(ns)))
+    assert answer.delivery.durable is Durable.FALSE and answer.region == ""
+    assert "east" in answer.delivery.message and west.producer.sent == []
+
+
+def test_an_unknown_answer_is_never_retried_in_another_region() -> None:
+    writer, east, west, ns = _failover(True, east_answers=True)
+    east.producer.fail("wal.orders", Durable.UNKNOWN)
+    answer = asyncio.run(writer.write_entry(_upsert(ns)))
+    assert answer.delivery.durable is Durable.UNKNOWN and answer.region == "east"
+    assert west.producer.sent == []
