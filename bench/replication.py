@@ -86,11 +86,11 @@ class CdcReader(threading.Thread):
         self.arrived: dict[str, float] = {}
         self._consumer = Consumer(consumer_config(kafka, f"walstream-bench-{uuid.uuid4().hex[:8]}"))
         self._consumer.subscribe([topic])
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self._codec = Codec()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             msg = self._consumer.poll(0.2)
             if msg is None or msg.error() is not None:
                 continue
@@ -100,7 +100,7 @@ class CdcReader(threading.Thread):
         self._consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(timeout=10)
 
 

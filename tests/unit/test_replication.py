@@ -160,3 +160,26 @@ def test_an_unknown_answer_is_never_retried_in_another_region() -> None:
     answer = asyncio.run(writer.write_entry(_upsert(ns)))
     assert answer.delivery.durable is Durable.UNKNOWN and answer.region == "east"
     assert west.producer.sent == []
+
+
+def test_the_stack_covers_the_second_region_when_asked_or_when_it_runs(tmp_path: Any) -> None:
+    from connectors.local.services import MirrorMaker
+    from connectors.local.stack import REGION_SERVICE_NAMES, SERVICE_NAMES, LocalStack
+    from streams.config import LocalStackSettings
+
+    one = LocalStackSettings(cache_dir=tmp_path / "cache", stack_dir=tmp_path / "stack")
+    assert LocalStack(one).names == list(SERVICE_NAMES)
+    two = one.model_copy(update={"regions": 2})
+    assert LocalStack(two).names == [*SERVICE_NAMES, *REGION_SERVICE_NAMES]
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "state.json").write_text(json.dumps({"mirrormaker": {"pid": 1, "mark": "x"}}))
+    assert LocalStack(one).names == [*SERVICE_NAMES, *REGION_SERVICE_NAMES]  # status and down see it
+    props = MirrorMaker(two, None).properties()  # type: ignore[arg-type]
+    assert props["east->west.enabled"] == props["west->east.enabled"] == "true"
+    assert props["east.consumer.isolation.level"] == "read_committed"
+    import re
+
+    pattern = re.compile(props["topics"])
+    assert pattern.fullmatch("wal.orders") and pattern.fullmatch("wal.a-b_c")
+    for other in ("wal.orders.dlq", "wal.orders.cdc", "wal.orders.retry.10s", "east.wal.orders", "heartbeats"):
+        assert not pattern.fullmatch(other), other
