@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from tests.integration.pipeline import (
     cassandra_rows,
     es_docs,
     expected_rows,
+    free_port,
     namespace_document,
 )
 
@@ -92,8 +94,21 @@ class ReplicatedNamespace:
     def start_workers(self, tmp: Path) -> None:
         for name, region in self.regions.items():
             scratch = ScratchNamespace(self.namespace, self.directory, region.endpoints)
-            worker = WorkerProcess(scratch, tmp / f"data-{name}", tmp / f"worker-{name}.log", env=region.env)
+            log = tmp / f"worker-{name}.log"
+            worker = WorkerProcess(scratch, tmp / f"data-{name}", log, metrics_port=free_port(), env=region.env)
             self.workers.append(worker.start())
+
+    def applied_by_origin(self, region: str) -> dict[str, float]:
+        """``walstream_replicated_entries_total`` of the region's worker, by origin region."""
+        worker = self.workers[list(self.regions).index(region)]
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("walstream_replicated_entries_total{") and f'namespace="{self.name}"' in line:
+                origin = line.split('origin="', 1)[1].split('"', 1)[0]
+                found[origin] = float(line.rsplit(" ", 1)[1])
+        return found
 
     def stop_workers(self) -> None:
         for worker in self.workers:
