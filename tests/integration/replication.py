@@ -263,10 +263,14 @@ def entry_ids(kafka: str, topic: str) -> list[str]:
     return [codec.decode_entry(r.value).entry_id for r in records(kafka, topic)]
 
 
-def announced(kafka: str, cdc: str) -> collections.Counter[str]:
-    """How often each entry was announced on a region's change topic."""
+def announced(kafka: str, cdc: str) -> dict[str, list[tuple[str, int]]]:
+    """Each entry's change events on a region's change topic: (op, sequence) of each, in topic order."""
     codec = Codec()
-    return collections.Counter(codec.decode_change_event(r.value).source.entry_id for r in records(kafka, cdc))
+    found: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    for r in records(kafka, cdc):
+        event = codec.decode_change_event(r.value)
+        found[event.source.entry_id].append((event.op.value, event.source.sequence))
+    return found
 
 
 @contextmanager

@@ -85,7 +85,8 @@ def _converge(rns: ReplicatedNamespace, written: dict, session: Session, es: Ela
 def _no_loops(rns: ReplicatedNamespace, written: dict, exact: bool = True) -> None:  # type: ignore[type-arg]
     """Each replicated log holds its source's records (``exact``: the same count, as after a quiet run; else at
     least each entry, as MirrorMaker 2 may copy a record twice when an outage made it resend); no entry was
-    written twice into a region's logs; nothing was replicated back; no entry was announced twice in a region."""
+    written twice into a region's logs; nothing was replicated back; no entry was announced twice in a region
+    (after an outage: never with a different op or sequence)."""
     log = f"wal.{rns.name}"
     for region in REGIONS:
         other = next(r for r in REGIONS if r != region)
@@ -109,7 +110,13 @@ def _no_loops(rns: ReplicatedNamespace, written: dict, exact: bool = True) -> No
         if exact:
             assert len(seen) == len(set(seen))
         assert records(here, f"{other}.{region}.{log}") == []  # never replicated back
-        twice = {entry: n for entry, n in announced(here, f"{log}.cdc").items() if n > 1}
+        events = announced(here, f"{log}.cdc")
+        if exact:
+            twice = {entry: found for entry, found in events.items() if len(found) > 1}
+        else:
+            # The change topic's one documented exception: a worker whose acknowledgement was lost (the frozen
+            # Kafka expired its group session) may announce an entry again, as an identical event.
+            twice = {entry: found for entry, found in events.items() if len(set(found)) > 1}
         assert twice == {}, f"entries announced more than once in {region}: {list(twice.items())[:5]}"
 
 

@@ -183,3 +183,28 @@ def test_the_stack_covers_the_second_region_when_asked_or_when_it_runs(tmp_path:
     assert pattern.fullmatch("wal.orders") and pattern.fullmatch("wal.a-b_c")
     for other in ("wal.orders.dlq", "wal.orders.cdc", "wal.orders.retry.10s", "east.wal.orders", "heartbeats"):
         assert not pattern.fullmatch(other), other
+
+
+def test_a_retried_replicated_entry_goes_back_to_the_log_it_came_from() -> None:
+    from streams.codec import Codec
+    from streams.core.flood import FloodGuard
+    from streams.core.routing import Router
+    from streams.core.schedule import RetrySchedule
+    from streams.metrics import Metrics
+    from streams.model import Origin, RetryEnvelope
+
+    sent = []
+    for topic in ("east.wal.orders", "wal.orders", "wal.orders.retry.1s"):
+        producer = MemoryProducer()
+        schedule = RetrySchedule((1_000,), 2.0, 4)
+        router = Router("orders", ("db",), schedule, producer, Codec(), Metrics(), FloodGuard("orders", 10))
+        entry = new_entry("orders", "k", Op.UPSERT, b"{}", sequence=7)
+        envelope = RetryEnvelope(entry, 1, 0, ("db",), "e", "e", Origin(topic, 2, 5), "1s")
+
+        async def send(envelope: RetryEnvelope = envelope, router: Router = router) -> None:
+            await router.hand_back(envelope)
+
+        asyncio.run(send())
+        sent += [(s.topic, s.partition) for s in producer.sent]
+    # Never into this region's own log, from where MirrorMaker 2 would copy it back to its origin region.
+    assert sent == [("east.wal.orders", 2), ("wal.orders", 2), ("wal.orders", 2)]
