@@ -120,6 +120,10 @@ class LocalStack:
         result = UpResult()
         with self._locked():
             self._check_security()
+            if self.secure and set(self.names) & set(REGION_SERVICE_NAMES):
+                raise StackError(
+                    "the second region (kafka-west, mirrormaker) runs on an open stack only; nothing was started"
+                )
             state = self._read_state()
             services = self._services()
             to_start: list[Service] = []

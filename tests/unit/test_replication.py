@@ -208,3 +208,14 @@ def test_a_retried_replicated_entry_goes_back_to_the_log_it_came_from() -> None:
         sent += [(s.topic, s.partition) for s in producer.sent]
     # Never into this region's own log, from where MirrorMaker 2 would copy it back to its origin region.
     assert sent == [("east.wal.orders", 2), ("wal.orders", 2), ("wal.orders", 2)]
+
+
+def test_a_secured_stack_refuses_the_second_region_before_starting_anything(tmp_path: Any) -> None:
+    from connectors.local.errors import StackError
+    from connectors.local.stack import LocalStack
+    from streams.config import LocalStackSettings
+
+    settings = LocalStackSettings(cache_dir=tmp_path / "cache", stack_dir=tmp_path / "stack", regions=2, secure=True)
+    with pytest.raises(StackError, match="open stack only"):
+        LocalStack(settings).up()
+    assert not (tmp_path / "stack" / "state.json").exists()
