@@ -213,19 +213,21 @@ def model_of(written: dict[str, list[WalEntry]]) -> dict[str, dict[str, Any] | N
     return {k: None if e.op is Op.DELETE else json.loads(e.payload) for k, (_, e) in newest.items()}
 
 
-async def _write(kafka: str, ns: Namespace, entries: list[WalEntry], chunk: int = 500) -> None:
+async def _write(kafka: str, ns: Namespace, entries: list[WalEntry], chunk: int, pause_s: float) -> None:
     writer = WalWriter(kafka, {ns.name: ns})
     try:
         for start in range(0, len(entries), chunk):
             answers = await writer.write_many(entries[start : start + chunk])
             assert all(a.durable is Durable.TRUE for a in answers), answers[0]
+            await asyncio.sleep(pause_s)
     finally:
         writer.close()
 
 
-def write(rns: ReplicatedNamespace, written: dict[str, list[WalEntry]]) -> None:
+def write(rns: ReplicatedNamespace, written: dict[str, list[WalEntry]], chunk: int = 500, pause_s: float = 0) -> None:
+    """Each region's entries through the SDK to its own log, ``chunk`` at a time with ``pause_s`` between."""
     for region, entries in written.items():
-        asyncio.run(_write(rns.regions[region].kafka, rns.namespace, entries))
+        asyncio.run(_write(rns.regions[region].kafka, rns.namespace, entries, chunk, pause_s))
 
 
 def store_states(rns: ReplicatedNamespace, session: Session, es: Elasticsearch) -> dict[str, dict[str, Any]]:

@@ -174,14 +174,15 @@ def test_mirrormaker_killed_mid_stream_and_restarted_loses_nothing(
     session, es = stores
     written = workload(rns.name, 3000, keys=300, seed=15)
     with running(rns, tmp_path, session, es):
-        writer = threading.Thread(target=write, args=(rns, written))
+        # About 30 s of writing (50 entries every 0.5 s, east's then west's), so the kill lands mid-stream.
+        writer = threading.Thread(target=write, args=(rns, written, 50, 0.5))
         writer.start()
-        # Killed once replication is under way, while writes are still arriving.
         wait_until(
             lambda: len(records(rns.regions["west"].kafka, f"east.wal.{rns.name}")) > 0,
             120,
             "replication to begin",
         )
+        assert writer.is_alive()  # writes are still arriving
         pair.signal_service("mirrormaker", signal.SIGKILL)
         writer.join(timeout=300)
         assert not writer.is_alive()
