@@ -239,10 +239,10 @@ def main() -> int:
         print("BENCH_JSON " + json.dumps(figures))
         return 0
     finally:
-        for reader in readers:
-            reader.stop()
         for worker in workers:
             stop_worker(worker)
+        for reader in readers:
+            reader.stop()
         cleanup(ns, regions, stores, copies)
         shutil.rmtree(folder, ignore_errors=True)
 
