@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from streams.regions import RegionSettings
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 ENV_PREFIX = "WALSTREAM_"
@@ -43,6 +45,13 @@ class LocalStackSettings(_Frozen):
     cassandra_storage_port: Port = 17000
     elasticsearch_port: Port = 19200
     elasticsearch_transport_port: Port = 19300
+    #: 2 adds a second region beside the first: its own Kafka (the ports below) and one MirrorMaker 2 process
+    #: replicating the namespaces' logs both ways. Its stores are a keyspace and an index of their own on the
+    #: same Cassandra and Elasticsearch (the region's ``store_suffix``).
+    regions: int = Field(default=1, ge=1, le=2)
+    kafka_west_port: Port = 19094
+    kafka_west_controller_port: Port = 19095
+    mirror_heap: str = "256m"
     kafka_heap: str = "512m"
     cassandra_heap: str = "1g"
     elasticsearch_heap: str = "512m"
@@ -53,7 +62,7 @@ class LocalStackSettings(_Frozen):
     #: security module and TLS. Certificates and passwords are generated into ``<stack_dir>/secrets``.
     secure: bool = False
 
-    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap")
+    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap", "mirror_heap")
     @classmethod
     def _heap_size(cls, value: str) -> str:
         digits, unit = value[:-1], value[-1:].lower()
@@ -79,6 +88,8 @@ class LocalStackSettings(_Frozen):
             "cassandra_storage_port": self.cassandra_storage_port,
             "elasticsearch_port": self.elasticsearch_port,
             "elasticsearch_transport_port": self.elasticsearch_transport_port,
+            "kafka_west_port": self.kafka_west_port,
+            "kafka_west_controller_port": self.kafka_west_controller_port,
         }
 
 
@@ -274,6 +285,7 @@ class Settings(_Frozen):
     external: ExternalEndpointSettings = ExternalEndpointSettings()
     runtime: RuntimeSettings
     api: ApiSettings = ApiSettings()
+    region: RegionSettings = RegionSettings()
     kafka: KafkaSecurity = KafkaSecurity()
     cassandra: CassandraSecurity = CassandraSecurity()
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
@@ -295,6 +307,12 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "ELASTICSEARCH_PORT": ("local", "elasticsearch_port"),
     "ELASTICSEARCH_TRANSPORT_PORT": ("local", "elasticsearch_transport_port"),
     "KAFKA_HEAP": ("local", "kafka_heap"),
+    "STACK_REGIONS": ("local", "regions"),
+    "KAFKA_WEST_PORT": ("local", "kafka_west_port"),
+    "KAFKA_WEST_CONTROLLER_PORT": ("local", "kafka_west_controller_port"),
+    "MIRROR_HEAP": ("local", "mirror_heap"),
+    "REGION": ("region", "name"),
+    "REGION_ENDPOINTS": ("region", "endpoints"),
     "CASSANDRA_HEAP": ("local", "cassandra_heap"),
     "ELASTICSEARCH_HEAP": ("local", "elasticsearch_heap"),
     "ELASTICSEARCH_USER": ("local", "elasticsearch_user"),
@@ -376,6 +394,7 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "external": {},
         "runtime": {"data_dir": data_dir},
         "api": {},
+        "region": {},
         "kafka": {},
         "cassandra": {},
         "elasticsearch": {},

@@ -98,6 +98,23 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        # -- cross-region replication (a replicated namespace's workers) --
+        #: Entries this region's workers applied (changed their key or found it held), by the region whose log
+        #: they were written to: the local region's own, and each other region's as MirrorMaker 2 brought it.
+        self.replicated_entries = Counter(
+            "walstream_replicated_entries_total",
+            "Entries applied, by the region whose log they were written to",
+            ["namespace", "origin"],
+            registry=r,
+        )
+        #: Seconds from an entry's first write (in its origin region) to its application here, for the newest
+        #: batch from each origin region: the lag of each direction of replication as this region sees it.
+        self.replication_lag = Gauge(
+            "walstream_replication_lag_seconds",
+            "Write in the origin region to application in this region, newest batch",
+            ["namespace", "origin"],
+            registry=r,
+        )
         #: Records waiting in each namespace's log for this worker group (end offsets minus committed offsets).
         self.consumer_lag = Gauge("walstream_consumer_lag", "Records waiting in the log", ["namespace"], registry=r)
         #: Unix time of the last acknowledged batch (health compares it with waiting input).

@@ -86,6 +86,24 @@ def wal_topic(namespace: str) -> str:
     return f"wal.{validate_namespace_name(namespace)}"
 
 
+def region_logs(namespace: str, regions: Iterable[str], local: str) -> tuple[str, ...]:
+    """The logs a replicated namespace's workers in region ``local`` consume: their own ``wal.<ns>``, then each
+    other region's as MirrorMaker 2's default policy names it in ``local``'s Kafka (``east.wal.<ns>``)."""
+    log = wal_topic(namespace)
+    return (log, *(f"{region}.{log}" for region in regions if region != local))
+
+
+def origin_region(namespace: str, topic: str, local: str) -> str:
+    """The region whose log ``topic`` is, read in region ``local``: ``wal.<ns>`` is local's, ``west.wal.<ns>``
+    west's."""
+    log = wal_topic(namespace)
+    if topic == log:
+        return local
+    if not topic.endswith("." + log):
+        raise ValueError(f"{topic!r} is not a log of namespace {namespace!r}")
+    return topic[: -len(log) - 1]
+
+
 def retry_topic(namespace: str, tier: str) -> str:
     """A retry tier of the namespace: ``wal.<ns>.retry.<tier>``, for example ``wal.orders.retry.10s``."""
     return f"{wal_topic(namespace)}.retry.{validate_tier(tier)}"

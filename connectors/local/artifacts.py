@@ -40,6 +40,11 @@ KAFKA = (
     Coordinate("org.apache.kafka", "kafka_2.13", versions.KAFKA_VERSION),
     Coordinate("org.slf4j", "slf4j-reload4j", versions.SLF4J_VERSION),
 )
+#: MirrorMaker 2 (Kafka Connect's mirror connectors and their runtime), at the brokers' version.
+MIRROR = (
+    Coordinate("org.apache.kafka", "connect-mirror", versions.KAFKA_VERSION),
+    Coordinate("org.slf4j", "slf4j-reload4j", versions.SLF4J_VERSION),
+)
 CASSANDRA = (Coordinate("org.apache.cassandra", "cassandra-all", versions.CASSANDRA_VERSION),)
 ELASTICSEARCH = Coordinate(
     "org.elasticsearch.distribution.integ-test-zip", "elasticsearch", versions.ELASTICSEARCH_VERSION, "zip"
@@ -72,6 +77,9 @@ class ArtifactCache:
 
     def kafka_lib(self) -> Path:
         return self._resolve_jars(f"kafka-{versions.KAFKA_VERSION}", KAFKA)
+
+    def mirror_lib(self) -> Path:
+        return self._resolve_jars(f"mirrormaker-{versions.KAFKA_VERSION}", MIRROR)
 
     def cassandra_lib(self) -> Path:
         return self._resolve_jars(f"cassandra-{versions.CASSANDRA_VERSION}", CASSANDRA)

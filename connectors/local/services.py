@@ -81,18 +81,23 @@ class Service(ABC):
 class Kafka(Service):
     name = "kafka"
 
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_port
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_controller_port
+
     def ports(self) -> dict[str, int]:
-        return {
-            "kafka_port": self.settings.kafka_port,
-            "kafka_controller_port": self.settings.kafka_controller_port,
-        }
+        return {"kafka_port": self.settings.kafka_port, "kafka_controller_port": self.settings.kafka_controller_port}
 
     @property
     def client_port(self) -> int:
-        return self.settings.kafka_port
+        return self.port
 
     def endpoint(self) -> str:
-        return f"{HOST}:{self.settings.kafka_port}"
+        return f"{HOST}:{self.port}"
 
     def fetch(self, cache: ArtifactCache) -> None:
         cache.kafka_lib()
@@ -107,9 +112,9 @@ class Kafka(Service):
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{s.kafka_port},CONTROLLER://{HOST}:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{s.kafka_port}",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -581,8 +586,144 @@ def _check_reachable(path: Path, uid: int, gid: int) -> None:
             )
 
 
+class KafkaWest(Kafka):
+    """The second region's Kafka: the same recipe on its own ports and data folder (open stacks only)."""
+
+    name = "kafka-west"
+
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_west_port
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_west_controller_port
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "kafka_west_port": self.settings.kafka_west_port,
+            "kafka_west_controller_port": self.settings.kafka_west_controller_port,
+        }
+
+
+#: The local stack's regions: the first one's Kafka is ``kafka``, the second one's ``kafka-west``.
+LOCAL_REGIONS = ("east", "west")
+#: What MirrorMaker 2 replicates: the namespaces' logs ``wal.<ns>`` and nothing else (a namespace name has no
+#: dot, so retry tiers, DLQ, CDC, changelogs and topics already replicated, ``east.wal.<ns>``, never match).
+MIRRORED_TOPICS = r"wal\.[a-z][a-z0-9_-]*"
+
+
+class MirrorMaker(Service):
+    """Apache Kafka's MirrorMaker 2 in its dedicated mode, replicating the logs east -> west and west -> east.
+
+    The default replication policy names a replicated topic after its source region (``east.wal.orders`` in
+    west) and never replicates such a topic back, so an entry never loops. It binds no port; it is ready once
+    each region's heartbeats have arrived in the other region."""
+
+    name = "mirrormaker"
+
+    def ports(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def client_port(self) -> int:
+        return self.settings.kafka_west_port
+
+    def endpoint(self) -> str:
+        east, west = LOCAL_REGIONS
+        return f"{east}<->{west}"
+
+    def fetch(self, cache: ArtifactCache) -> None:
+        cache.mirror_lib()
+
+    def properties(self) -> dict[str, str]:
+        s = self.settings
+        east, west = LOCAL_REGIONS
+        props = {
+            "clusters": f"{east}, {west}",
+            f"{east}.bootstrap.servers": f"{HOST}:{s.kafka_port}",
+            f"{west}.bootstrap.servers": f"{HOST}:{s.kafka_west_port}",
+            f"{east}->{west}.enabled": "true",
+            f"{west}->{east}.enabled": "true",
+            "topics": MIRRORED_TOPICS,
+            "groups.exclude": ".*",
+            "emit.checkpoints.enabled": "false",
+            "sync.group.offsets.enabled": "false",
+            "sync.topic.acls.enabled": "false",
+            "emit.heartbeats.interval.seconds": "1",
+            "refresh.topics.interval.seconds": "5",
+            "tasks.max": "1",
+            "replication.factor": "1",
+        }
+        for internal in ("checkpoints.topic", "heartbeats.topic", "offset-syncs.topic"):
+            props[f"{internal}.replication.factor"] = "1"
+        for cluster in LOCAL_REGIONS:
+            # An aborted WriteBatch must never be replicated; committed ones arrive whole, entry by entry.
+            props[f"{cluster}.consumer.isolation.level"] = "read_committed"
+            props[f"{cluster}.producer.linger.ms"] = "5"
+            props[f"{cluster}.producer.enable.idempotence"] = "true"
+            props[f"{cluster}.producer.acks"] = "all"
+            for store in ("offset.storage", "status.storage", "config.storage"):
+                props[f"{cluster}.{store}.replication.factor"] = "1"
+        return props
+
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        lib = cache.mirror_lib()
+        conf = self.dir / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        props = conf / "mm2.properties"
+        props.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        log4j = conf / "log4j.properties"
+        log4j.write_text(
+            "log4j.rootLogger=INFO, stdout\n"
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.org.apache.kafka.clients=WARN\n"
+            "log4j.logger.org.apache.kafka.common=WARN\n"
+            "log4j.logger.org.reflections=ERROR\n"
+        )
+        argv = [
+            str(self.java.java),
+            f"-Xms{self.settings.mirror_heap}",
+            f"-Xmx{self.settings.mirror_heap}",
+            "-XX:+UseG1GC",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{log4j}",
+            "-cp",
+            f"{lib}/*",
+            "org.apache.kafka.connect.mirror.MirrorMaker",
+            str(props),
+        ]
+        return Launch(argv=argv, env=self._base_env(), cwd=self.dir, log=self.log)
+
+    def ready(self) -> bool:
+        """Each region's heartbeats have been replicated into the other one (both directions run)."""
+        from confluent_kafka.admin import AdminClient
+
+        east, west = LOCAL_REGIONS
+        s = self.settings
+        for port, wanted in ((s.kafka_port, f"{west}.heartbeats"), (s.kafka_west_port, f"{east}.heartbeats")):
+            admin = AdminClient({"bootstrap.servers": f"{HOST}:{port}", "log_level": 0})
+            try:
+                metadata = admin.list_topics(timeout=2)
+            except Exception:  # noqa: BLE001 - not ready yet
+                return False
+            topic = metadata.topics.get(wanted)
+            if topic is None or topic.error is not None:
+                return False
+        return True
+
+
 def all_services(settings: LocalStackSettings, java: JavaRuntime) -> list[Service]:
-    return [Kafka(settings, java), Cassandra(settings, java), Elasticsearch(settings, java)]
+    return [
+        Kafka(settings, java),
+        Cassandra(settings, java),
+        Elasticsearch(settings, java),
+        KafkaWest(settings, java),
+        MirrorMaker(settings, java),
+    ]
 
 
 def describe_failure(service: Service, why: str) -> ServiceFailed:

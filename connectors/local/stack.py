@@ -31,7 +31,7 @@ from connectors.local.process import (
     spawn,
     stop,
 )
-from connectors.local.services import HOST, Service, all_services, describe_failure
+from connectors.local.services import HOST, LOCAL_REGIONS, Service, all_services, describe_failure
 from streams.config import LocalStackSettings
 
 Progress = Callable[[str], None]
@@ -39,6 +39,9 @@ Progress = Callable[[str], None]
 StateEntry = dict[str, Any]
 
 SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch")
+#: What ``regions=2`` adds: the second region's Kafka and the MirrorMaker 2 process between the two.
+REGION_SERVICE_NAMES = ("kafka-west", "mirrormaker")
+ALL_SERVICE_NAMES = (*SERVICE_NAMES, *REGION_SERVICE_NAMES)
 _MIN_FREE_BYTES = 2 << 30
 _STOP_GRACE_S = 30.0
 
@@ -79,18 +82,24 @@ class LocalStack:
     def __init__(
         self,
         settings: LocalStackSettings,
-        services: Sequence[str] = SERVICE_NAMES,
+        services: Sequence[str] | None = None,
         progress: Progress = lambda _msg: None,
     ) -> None:
-        unknown = set(services) - set(SERVICE_NAMES)
+        """``services`` None: the stack's three servers, plus the second region's when ``settings.regions`` is 2
+        or when the stack dir records them running (so status and down cover a two-region stack as it is)."""
+        if services is None:
+            services = SERVICE_NAMES
+            if settings.regions > 1 or _recorded_regions(settings.stack_dir):
+                services = ALL_SERVICE_NAMES
+        unknown = set(services) - set(ALL_SERVICE_NAMES)
         if unknown:
-            raise StackError(f"unknown service(s) {sorted(unknown)}; the stack has {list(SERVICE_NAMES)}")
+            raise StackError(f"unknown service(s) {sorted(unknown)}; the stack has {list(ALL_SERVICE_NAMES)}")
         self._asked_secure = settings.secure
         recorded = _recorded_security(settings.stack_dir)
         if recorded is not None and recorded != settings.secure:
             settings = settings.model_copy(update={"secure": recorded})
         self.settings = settings
-        self.names = [n for n in SERVICE_NAMES if n in services]
+        self.names = [n for n in ALL_SERVICE_NAMES if n in services]
         self._progress = progress
         self._state_path = settings.stack_dir / "state.json"
         self._java: JavaRuntime | None = None
@@ -111,6 +120,10 @@ class LocalStack:
         result = UpResult()
         with self._locked():
             self._check_security()
+            if self.secure and set(self.names) & set(REGION_SERVICE_NAMES):
+                raise StackError(
+                    "the second region (kafka-west, mirrormaker) runs on an open stack only; nothing was started"
+                )
             state = self._read_state()
             services = self._services()
             to_start: list[Service] = []
@@ -137,14 +150,21 @@ class LocalStack:
                 svc.fetch(cache)
             started: list[Service] = []
             try:
-                for svc in sorted(to_start, key=_start_order):
-                    launch = svc.prepare(cache)
-                    pid = spawn(launch, self._mark(svc))
-                    state[svc.name] = {"pid": pid, "mark": self._mark(svc), "started_at": time.time()}
-                    self._write_state(state)
-                    started.append(svc)
-                    self._progress(f"started {svc.name} (pid {pid}, port {svc.client_port}, log {svc.log})")
-                result.ready_after_s = self._await_ready(started, state, began)
+                # MirrorMaker 2 starts once both regions' Kafka answer: it needs them to make its own topics.
+                for phase in (
+                    [svc for svc in to_start if svc.name != "mirrormaker"],
+                    [svc for svc in to_start if svc.name == "mirrormaker"],
+                ):
+                    batch: list[Service] = []
+                    for svc in sorted(phase, key=_start_order):
+                        launch = svc.prepare(cache)
+                        pid = spawn(launch, self._mark(svc))
+                        state[svc.name] = {"pid": pid, "mark": self._mark(svc), "started_at": time.time()}
+                        self._write_state(state)
+                        started.append(svc)
+                        batch.append(svc)
+                        self._progress(f"started {svc.name} (pid {pid}, port {svc.client_port}, log {svc.log})")
+                    result.ready_after_s.update(self._await_ready(batch, state, began))
             except BaseException:
                 self._progress("start failed; stopping what this call started")
                 for svc in reversed(started):
@@ -229,9 +249,26 @@ class LocalStack:
             endpoints = replace(endpoints, security=secured.client_security(self.secrets))
         return endpoints
 
-    def client_env(self) -> dict[str, str]:
+    def region_endpoints(self) -> dict[str, dict[str, str]]:
+        """Both regions of a two-region stack, as ``WALSTREAM_REGION_ENDPOINTS`` takes them: each its own Kafka;
+        the second region's stores a keyspace and index of their own (suffix ``_west``) on the same servers."""
+        s = self.settings
+        scheme = "https" if self.secure else "http"
+        shared = {
+            "cassandra_contact": f"{HOST}:{s.cassandra_port}",
+            "elasticsearch_url": f"{scheme}://{HOST}:{s.elasticsearch_port}",
+        }
+        east, west = LOCAL_REGIONS
+        return {
+            east: {"kafka_bootstrap": f"{HOST}:{s.kafka_port}", **shared, "store_suffix": ""},
+            west: {"kafka_bootstrap": f"{HOST}:{s.kafka_west_port}", **shared, "store_suffix": f"_{west}"},
+        }
+
+    def client_env(self, region: str | None = None) -> dict[str, str]:
         """The ``WALSTREAM_*`` variables with which another process uses this stack as an external one.
-        Passwords are given as the files that hold them (``..._PASSWORD_FILE``), never as values."""
+        Passwords are given as the files that hold them (``..._PASSWORD_FILE``), never as values. With
+        ``region`` (a two-region stack), the process runs in that region: its Kafka, its stores' suffix, and
+        every region's endpoints."""
         s = self.settings
         scheme = "https" if self.secure else "http"
         env = {
@@ -240,6 +277,13 @@ class LocalStack:
             "WALSTREAM_CASSANDRA_CONTACT": f"{HOST}:{s.cassandra_port}",
             "WALSTREAM_ELASTICSEARCH_URL": f"{scheme}://{HOST}:{s.elasticsearch_port}",
         }
+        if region is not None:
+            regions = self.region_endpoints()
+            if region not in regions:
+                raise StackError(f"region {region!r} is not one of the local stack's regions ({', '.join(regions)})")
+            env["WALSTREAM_KAFKA_BOOTSTRAP"] = regions[region]["kafka_bootstrap"]
+            env["WALSTREAM_REGION"] = region
+            env["WALSTREAM_REGION_ENDPOINTS"] = json.dumps(regions, separators=(",", ":"))
         if self.secure:
             env.update(secured.client_security_env(self.secrets))
         return env
@@ -348,6 +392,15 @@ def _recorded_security(stack_dir: Path) -> bool | None:
     return None
 
 
+def _recorded_regions(stack_dir: Path) -> bool:
+    """True when the stack dir's state records a second region's process."""
+    try:
+        state = json.loads((stack_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and any(name in state for name in REGION_SERVICE_NAMES)
+
+
 def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) -> LocalStackSettings:
     """The settings of a stack of its own (a bench's, a test's): a fresh folder under /tmp and free ports, the
     rest (cache, heaps, Java) as ``settings`` say. The folder is not under a private temp folder because
@@ -355,7 +408,7 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
     caller removes ``stack_dir.parent`` once the stack is down."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
-    kafka, controller, cassandra, storage, es, transport = free_ports(6)
+    kafka, controller, cassandra, storage, es, transport, west, west_controller = free_ports(8)
     return settings.model_copy(
         update={
             "stack_dir": base / "stack",
@@ -366,6 +419,8 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
             "cassandra_storage_port": storage,
             "elasticsearch_port": es,
             "elasticsearch_transport_port": transport,
+            "kafka_west_port": west,
+            "kafka_west_controller_port": west_controller,
         }
     )
 
@@ -376,4 +431,4 @@ def _record_security(stack_dir: Path, secure: bool) -> None:
 
 def _start_order(svc: Service) -> int:
     # The slowest starter goes first so the three overlap as much as possible.
-    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2}[svc.name]
+    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2, "kafka-west": 3, "mirrormaker": 4}[svc.name]

@@ -117,8 +117,12 @@ class Dispatcher:
     def target_names(self) -> tuple[str, ...]:
         return tuple(self._sinks)
 
-    async def dispatch(self, entries: Sequence[WalEntry], state: Mapping[str, KeyState]) -> DispatchResult:
-        """Write what each entry still needs; ``state`` holds the table's value for each key of the batch."""
+    async def dispatch(
+        self, entries: Sequence[WalEntry], state: Mapping[str, KeyState], versions: Sequence[int] | None = None
+    ) -> DispatchResult:
+        """Write what each entry still needs; ``state`` holds the table's value for each key of the batch.
+        ``versions``: each entry's store version when it is not its sequence (a replicated namespace's
+        composite, ``core/versions.py``); the stores and the key state then hold and compare those."""
         everywhere = self._names
         plans: list[tuple[WalEntry, list[str], tuple[str, ...], dict[str, SinkResult] | None]] = []
         writes: dict[str, list[tuple[int, SinkWrite]]] = {name: [] for name in self._sinks}
@@ -129,7 +133,7 @@ class Dispatcher:
                 wanted, failed = self._targets_of(entry)
             else:
                 wanted = everywhere
-            sequence = entry.sequence
+            sequence = entry.sequence if versions is None else versions[index]
             skipped: tuple[str, ...] = ()
             if held:
                 todo = [t for t in wanted if sequence > held.get(t, -1)]
@@ -172,8 +176,8 @@ class Dispatcher:
                 applied = tuple(done)
             current = new_state[entry.key]
             held_now = current.applied
+            sequence = entry.sequence if versions is None else versions[index]
             if applied:
-                sequence = entry.sequence
                 updated = dict(held_now)
                 for target in applied:
                     if updated.get(target, -1) < sequence:
@@ -182,7 +186,6 @@ class Dispatcher:
             change = None
             newest = False
             version, exists = current.version, current.exists
-            sequence = entry.sequence
             # The entry is the key's newest version once every one of its targets holds exactly it: a target
             # holding a newer one means the entry was overtaken, and it is never announced.
             if not failed and sequence > version and _holds_exactly(held_now, todo, skipped, sequence):

@@ -156,8 +156,12 @@ class Router:
             history.append((ATTEMPT_HEADER, str(envelope.attempt).encode()))
             history.append((FIRST_ERROR_HEADER, envelope.first_error[:_MAX_ERROR_HEADER].encode()))
         record = self._codec.log_record(envelope.entry, history)
+        # Back to the log it was read from: an entry replicated from another region (``east.wal.<ns>``) stays
+        # that region's, and is never replicated again from this region's own log.
+        source = envelope.origin.topic
+        topic = source if source.endswith("." + record.topic) else record.topic
         return self._producer.send_nowait(
-            record.topic, record.key, record.value, record.headers, partition=envelope.origin.partition
+            topic, record.key, record.value, record.headers, partition=envelope.origin.partition
         )
 
     def undecodable(

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeAlias, get_args, overload
 
 from fastavro import parse_schema
 from fastavro.schema import SchemaParseException
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import field_validator as _field_validator
 
+from streams.namespaces.problems import Problem as Problem
+from streams.namespaces.problems import Problems as Problems
+from streams.namespaces.problems import UnknownTargetError as UnknownTargetError
 from streams.topics import (
     DEFAULT_RETENTION,
     all_topics,
+    origin_region,
     parse_duration,
     parse_retention,
+    region_logs,
     tier_label,
     validate_namespace_name,
+    wal_topic,
 )
 
 CassandraType = Literal["text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"]
@@ -37,38 +42,6 @@ _ES_INDEX_FORBIDDEN = set(' \\/*?"<>|,#:')
 
 
 # -- errors ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a namespace document: the dotted field path ('' for the whole file) and why."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
-
-
-class UnknownTargetError(ValueError):
-    """A request names a target its namespace does not declare."""
-
-    def __init__(self, namespace: str, unknown: Sequence[str], declared: Iterable[str]) -> None:
-        self.namespace = namespace
-        self.unknown = tuple(unknown)
-        names = ", ".join(repr(name) for name in self.unknown)
-        noun = "target" if len(self.unknown) == 1 else "targets"
-        super().__init__(
-            f"namespace {namespace!r} has no {noun} {names}; it declares: {', '.join(declared) or '(none)'}"
-        )
-
-
-class Problems(ValueError):
-    """Raised inside validators to report several problems at paths relative to the model being validated."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        super().__init__("; ".join(str(problem) for problem in problems))
-        self.problems = list(problems)
 
 
 # -- field types -------------------------------------------------------------------------------------------------------
@@ -280,6 +253,35 @@ class Throttle(_Model):
     max_deletes_per_second: float | None = Field(default=None, gt=0)
 
 
+_REGION = re.compile(r"[a-z][a-z0-9]{0,15}")
+#: At most this many regions (a replicated entry's store version is ``sequence * 16 + region rank``).
+MAX_REGIONS = 16
+
+
+class Replication(_Model):
+    """The regions a namespace lives in (each its own Kafka, workers and stores; MirrorMaker 2 between the
+    logs), and whether a writer may use another region's log when its own does not answer."""
+
+    regions: NameList
+    failover: bool = False
+
+    @_field_validator("regions")
+    @classmethod
+    def _regions(cls, regions: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [
+            Problem(f"[{i}]", f"{name!r} is not a region name (1 to 16 lowercase letters or digits, a letter first)")
+            if _REGION.fullmatch(name) is None
+            else Problem(f"[{i}]", f"{name!r} is listed twice")
+            for i, name in enumerate(regions)
+            if _REGION.fullmatch(name) is None or name in regions[:i]
+        ]
+        if not 2 <= len(regions) <= MAX_REGIONS:
+            problems.append(Problem("", f"a replicated namespace lives in 2 to {MAX_REGIONS} regions"))
+        if problems:
+            raise Problems(problems)
+        return regions
+
+
 #: In an authorization list: any caller, anonymous ones included.
 ANYONE = "*"
 
@@ -306,6 +308,17 @@ class Authorization(_Model):
         return names
 
 
+def _suffixed(target: Target, suffix: str) -> Target:
+    if suffix and isinstance(target, CassandraTarget):
+        keyspace = target.keyspace + suffix
+        if _CQL_NAME.fullmatch(keyspace) is None:
+            raise ValueError(f"keyspace {keyspace!r} (with the region's suffix) is not a valid CQL name")
+        return target.model_copy(update={"keyspace": keyspace})
+    if suffix and isinstance(target, ElasticsearchTarget):
+        return target.model_copy(update={"index": _es_index(target.index + suffix.replace("_", "-"))})
+    return target
+
+
 class Namespace(_Model):
     """One namespace: its log, its targets and the policies its workers apply."""
 
@@ -319,6 +332,9 @@ class Namespace(_Model):
     authorization: Authorization = Authorization()
     #: How long the log keeps entries (the topic's retention.ms): how far back `walstream replay` can go.
     retention: Annotated[str, AfterValidator(_retention)] = DEFAULT_RETENTION
+    replication: Replication | None = None
+    #: The region this copy of the namespace is used in (``in_region``); never part of the document.
+    _region: str | None = PrivateAttr(default=None)
 
     @_field_validator("targets")
     @classmethod
@@ -355,6 +371,36 @@ class Namespace(_Model):
         return self
 
     # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def in_region(self, region: str | None, store_suffix: str = "") -> Namespace:
+        """This namespace as ``region``'s processes use it: Cassandra keyspaces and Elasticsearch indices carry the
+        region's ``store_suffix``; a replicated one consumes the other regions' logs too. ValueError when a
+        replicated namespace does not live in ``region`` or a suffixed name is not valid."""
+        if self.replication is not None and region is not None and region not in self.replication.regions:
+            raise ValueError(f"namespace {self.name!r} lives in {', '.join(self.replication.regions)}, not {region!r}")
+        targets = {name: _suffixed(target, store_suffix) for name, target in self.targets.items()}
+        copy = self.model_copy(update={"targets": targets})
+        copy._region = region
+        return copy
+
+    @property
+    def replicated(self) -> bool:  # replicated, and this copy runs in one of its regions
+        return self.replication is not None and self._region is not None
+
+    def logs(self) -> tuple[str, ...]:
+        """The logs its workers consume: ``wal.<ns>``, and in a region of a replicated namespace each other
+        region's log as MirrorMaker 2 names it (``east.wal.<ns>``)."""
+        if self.replication is None or self._region is None:
+            return (wal_topic(self.name),)
+        return region_logs(self.name, self.replication.regions, self._region)
+
+    def origin_rank(self, topic: str) -> int:
+        """The position in ``replication.regions`` of the region whose log ``topic`` is."""
+        return self.replication.regions.index(self.origin_region(topic)) if self.replication else 0
+
+    def origin_region(self, topic: str) -> str:
+        """The region whose log ``topic`` is (this copy's region for ``wal.<ns>``)."""
+        return origin_region(self.name, topic, self._region or "")
 
     def target(self, name: str) -> CassandraTarget | ElasticsearchTarget | KafkaTarget:
         """The target called ``name``; UnknownTargetError if the namespace does not declare it."""

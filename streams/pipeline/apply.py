@@ -6,7 +6,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from streams import topics
@@ -14,6 +14,7 @@ from streams.codec import Codec, DecodeError
 from streams.core.dispatch import Dispatcher, DispatchResult, KeyState
 from streams.core.routing import Router
 from streams.core.schedule import RetrySchedule, due_ms
+from streams.core.versions import MAX_REPLICATED_SEQUENCE, replicated_version
 from streams.metrics import Metrics
 from streams.model import ChangeOp, Origin, WalEntry
 from streams.ports import Delivery, Durable, Outgoing, Producer
@@ -80,7 +81,11 @@ class Applier:
         metrics: Metrics,
         schedule: RetrySchedule,
         hold_s: float = 30.0,
+        origin_rank: Callable[[str], int] | None = None,
+        origin_region: Callable[[str], str] | None = None,
     ) -> None:
+        """``origin_rank``: for a replicated namespace, the rank of the region whose log a topic is; the store
+        version of its entries is then the composite of ``core/versions.py``."""
         self.namespace = namespace
         self.dispatcher = dispatcher
         self.router = router
@@ -90,6 +95,8 @@ class Applier:
         self._schedule = schedule
         self._hold_s = hold_s
         self._cdc = topics.cdc_topic(namespace)
+        self._origin_rank = origin_rank
+        self._origin_region = origin_region
 
     def decode(self, record: Record) -> WalEntry | DecodeError:
         """The entry of a log record, or why it is not one of this namespace."""
@@ -101,7 +108,20 @@ class Applier:
             return DecodeError(
                 "unknown-namespace", f"entry names namespace {entry.namespace!r}, read from {record.origin.topic}"
             )
+        if self._origin_rank is not None and entry.sequence > MAX_REPLICATED_SEQUENCE:
+            return DecodeError(
+                "invalid-record",
+                f"sequence {entry.sequence} is above {MAX_REPLICATED_SEQUENCE}, the largest a replicated "
+                "namespace takes (its store version would overflow)",
+            )
         return entry
+
+    def versions(self, items: Sequence[Pending]) -> list[int] | None:
+        """The store versions of ``items``: None (their sequences) unless the namespace is replicated."""
+        rank = self._origin_rank
+        if rank is None:
+            return None
+        return [replicated_version(i.entry.sequence, rank(i.origin.topic)) for i in items]
 
     async def dead_letter_undecodable(self, failures: Sequence[tuple[Record, DecodeError]], sends: Sends) -> None:
         """Send undecodable records to the DLQ, holding the stream while the flood guard refuses them."""
@@ -140,10 +160,11 @@ class Applier:
         """Apply, publish and route; returns the new idempotency state of the keys touched."""
         metrics, ns = self._metrics, self.namespace
         entries = [i.entry for i in items]
+        versions = self.versions(items)
 
         async def dispatch() -> DispatchResult:
             started = time.perf_counter()
-            result = await self.dispatcher.dispatch(entries, state)
+            result = await self.dispatcher.dispatch(entries, state, versions)
             metrics.child(metrics.sink_latency, ns).observe(time.perf_counter() - started)
             return result
 
@@ -187,6 +208,8 @@ class Applier:
                 due = due_ms(entry)
                 if due:
                     metrics.child(metrics.delay_lateness, ns).observe(max(now - due / 1000, 0.0))
+        if self._origin_region is not None:
+            self._count_origins(result, items, now)
         for outcomes, label in ((applied, "applied"), (skipped, "skipped")):
             for targets, count in outcomes.items():
                 for target in targets:
@@ -199,6 +222,23 @@ class Applier:
             metrics.child(metrics.entry_results, ns, outcome_result).inc(count)
         if events:
             sends.append(self._producer.send_many(events))
+
+    def _count_origins(self, result: DispatchResult, items: Sequence[Pending], now: float) -> None:
+        """Entries done per origin region, and each origin's lag as of its newest entry of the batch."""
+        assert self._origin_region is not None
+        metrics, ns = self._metrics, self.namespace
+        done: collections.Counter[str] = collections.Counter()
+        newest: dict[str, int] = {}
+        for outcome, item in zip(result.outcomes, items, strict=True):
+            if outcome.failed:
+                continue
+            region = self._origin_region(item.origin.topic)
+            done[region] += 1
+            written = item.entry.lifecycle.original_write_time
+            newest[region] = max(newest.get(region, 0), written)
+        for region, count in done.items():
+            metrics.child(metrics.replicated_entries, ns, region).inc(count)
+            metrics.child(metrics.replication_lag, ns, region).set(max(now - newest[region] / 1e6, 0.0))
 
     def _event(self, entry: WalEntry, change: ChangeOp, origin: Origin, now_ms: int) -> Outgoing:
         """The change event announcing ``entry``, keyed like it, with its trace context."""

@@ -81,4 +81,6 @@ def build_applier(
         metrics,
         schedule_of(ns),
         hold_s,
+        origin_rank=ns.origin_rank if ns.replicated else None,
+        origin_region=ns.origin_region if ns.replicated else None,
     )

@@ -15,7 +15,7 @@ from streams.api.listen import ListenError
 from streams.config import ConfigError, StackMode, load_settings
 from streams.namespaces import NamespaceError
 from streams.tools.common import STORES_TOO as _STORES_TOO
-from streams.tools.common import UsageError
+from streams.tools.common import UsageError, region_endpoints
 from streams.tools.common import endpoints as _endpoints
 from streams.tools.common import namespaces as _namespaces
 from streams.tools.common import say as _say
@@ -23,6 +23,7 @@ from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
 from streams.tools.repair.cli import add_parsers as _add_repair_parsers
+from streams.tools.replication import add_parsers as _add_replication_parsers
 from streams.tools.status_view import add_parser as _add_status_parser
 
 
@@ -81,7 +82,21 @@ def _ns_apply(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
-    asyncio.run(apply_namespaces(namespaces.values(), _endpoints(settings, _STORES_TOO), progress=_say))
+    local = _endpoints(settings, _STORES_TOO)
+    asyncio.run(apply_namespaces(namespaces.values(), local, progress=_say))
+    # A replicated namespace is made in every one of its other regions too (topics, keyspaces and indices), with
+    # the same partition count, so each region's workers and MirrorMaker 2 find them.
+    for region, spec in settings.region.endpoints.items():
+        if region == settings.region.name:
+            continue
+        there = [
+            ns.in_region(region, spec.store_suffix)
+            for ns in namespaces.values()
+            if ns.replication is not None and region in ns.replication.regions
+        ]
+        if there:
+            _say(f"region {region}:")
+            asyncio.run(apply_namespaces(there, region_endpoints(settings, local, region), progress=_say))
     return 0
 
 
@@ -216,7 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
-    stack.add_argument("services", nargs="*", help="kafka, cassandra, elasticsearch (default: all)")
+    stack.add_argument(
+        "services", nargs="*", help="kafka, cassandra, elasticsearch, kafka-west, mirrormaker (default: all)"
+    )
+    stack.add_argument(
+        "--regions",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="up: 2 adds a second region (its own Kafka, kafka-west) and MirrorMaker 2 between the two "
+        "(WALSTREAM_STACK_REGIONS); status and down cover whatever is running",
+    )
+    stack.add_argument("--region", default=None, help="env: the settings of a process in this region (east, west)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="log lines to show (logs)")
     stack.add_argument(
         "--secure",
@@ -317,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         cmd.set_defaults(handler=handler)
 
+    _add_replication_parsers(sub)
     _add_repair_parsers(sub)
     _add_status_parser(sub)
     return parser

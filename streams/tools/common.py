@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from connectors.endpoints import Endpoints
 from connectors.local.errors import StackError
@@ -53,4 +54,27 @@ def find_endpoints(settings: Settings) -> Endpoints:
 def namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:
     from streams.namespaces import load_namespaces
 
-    return load_namespaces(list(paths) if paths else settings.runtime.namespace_dir)
+    found = load_namespaces(list(paths) if paths else settings.runtime.namespace_dir)
+    region = settings.region
+    if region.name is None:
+        return found
+    try:
+        return {name: ns.in_region(region.name, region.store_suffix) for name, ns in found.items()}
+    except ValueError as exc:
+        raise UsageError(f"WALSTREAM_REGION={region.name}: {exc}") from None
+
+
+def region_endpoints(settings: Settings, local: Endpoints, region: str) -> Endpoints:
+    """Where ``region``'s services answer (``WALSTREAM_REGION_ENDPOINTS``); what it does not say is as ``local``."""
+    spec = settings.region.endpoints[region]
+    host, port = local.cassandra_host, local.cassandra_port
+    if spec.cassandra_contact is not None:
+        host, _, text = spec.cassandra_contact.rpartition(":")
+        port = int(text)
+    return replace(
+        local,
+        kafka_bootstrap=spec.kafka_bootstrap,
+        cassandra_host=host,
+        cassandra_port=port,
+        elasticsearch_url=spec.elasticsearch_url or local.elasticsearch_url,
+    )

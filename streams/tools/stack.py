@@ -6,7 +6,7 @@ import argparse
 import shlex
 from collections.abc import Callable
 
-from connectors.local.stack import SERVICE_NAMES, LocalStack
+from connectors.local.stack import LocalStack
 from streams.config import StackMode, load_settings
 
 
@@ -16,10 +16,12 @@ def run_stack(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         say(f"WALSTREAM_STACK_MODE is {settings.mode.value}: `walstream stack` manages only the local stack")
         return 2
     local = settings.local.model_copy(update={"secure": True}) if args.secure else settings.local
-    stack = LocalStack(local, services=args.services or SERVICE_NAMES, progress=say)
+    if getattr(args, "regions", None) is not None:
+        local = local.model_copy(update={"regions": args.regions})
+    stack = LocalStack(local, services=args.services or None, progress=say)
     if args.action == "env":
         # What a shell needs to use this stack from elsewhere: `eval "$(walstream stack env)"`.
-        for name, value in stack.client_env().items():
+        for name, value in stack.client_env(getattr(args, "region", None)).items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
     if args.action == "up":
@@ -36,7 +38,7 @@ def run_stack(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         healthy = print_status(stack)
         return 0 if healthy else 1
     if args.action == "logs":
-        for name in args.services or SERVICE_NAMES:
+        for name in args.services or stack.names:
             print(f"==> {name} <==")
             print(stack.log_tail(name, args.lines))
         return 0

@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from streams import topics
 from streams.core.routing import retry_history
 from streams.metrics import Metrics
 from streams.model import Origin
@@ -70,10 +69,13 @@ def add_fanout_agent(
         extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
     )
     processor = FanoutProcessor(applier, ChangelogTable(table, producer))
-    log = topics.wal_topic(ns.name)
-    app.chunk(log)
+    # A replicated namespace's agent consumes its region's log and the other regions' logs as one co-partitioned
+    # subscription: a key has the same partition in each, so one agent (and one table partition) owns the key.
+    logs = ns.logs()
+    for log in logs:
+        app.chunk(log)
     topic = app.topic(
-        log,
+        *logs,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",

@@ -113,11 +113,19 @@ class Liveness:
         if not self._logs:
             probe.ping()  # a retry-only worker: Kafka's state all the same
         now = time.monotonic()
+        # A replicated namespace has several logs (its own, the other regions' copies): its lag is their sum,
+        # and it is stalled when any of them is.
+        lags: dict[str, int] = {}
+        problems: dict[str, str | None] = {}
         for namespace, topic in self._logs:
             position = probe.position(topic)
-            self._metrics.consumer_lag.labels(namespace).set(position.lag)
+            lags[namespace] = lags.get(namespace, 0) + position.lag
             progress, problem = assess(self._progress[topic], position.lag, position.committed, now, self._stall_s)
             self._progress[topic] = progress
+            problems[namespace] = problems.get(namespace) or problem
+        for namespace, lag in lags.items():
+            self._metrics.consumer_lag.labels(namespace).set(lag)
+            problem = problems[namespace]
             with self._lock:
                 if problem and not self._paused(namespace):
                     self._problems[namespace] = problem

@@ -95,7 +95,7 @@ class Worker:
         for ns in self.namespaces:
             for target, pacer in self._pacers[ns.name].items():
                 metrics.child(metrics.delete_rate, ns.name, target).set(pacer.rate)
-        fanout_logs = [(ns.name, topics.wal_topic(ns.name)) for ns in self.namespaces]
+        fanout_logs = [(ns.name, log) for ns in self.namespaces for log in ns.logs()]
         self.dependencies = Dependencies(metrics, dependency_names(self.namespaces))
         self.liveness = Liveness(
             endpoints.kafka,

@@ -19,7 +19,6 @@ from connectors.kafka.admin import KafkaAdmin, TopicSpec
 from connectors.kafka.sink import KafkaTopicSink
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
 from streams.ports import Producer, Sink
-from streams.topics import wal_topic
 
 Progress = Callable[[str], None]
 
@@ -102,9 +101,10 @@ def build_sinks(namespace: Namespace, connections: Connections, producer: Produc
 def topic_specs(namespace: Namespace) -> list[TopicSpec]:
     """The namespace's topics (and its Kafka targets'). Retry tiers share the log's partition count so a key
     keeps its partition number."""
-    log = wal_topic(namespace.name)
+    logs = namespace.logs()
     retention = {"retention.ms": str(namespace.retention_ms())}
-    specs = [TopicSpec(name, namespace.partitions, retention if name == log else {}) for name in namespace.topics()]
+    names = [*namespace.topics(), *logs[1:]]  # a region's copies of the other regions' logs, made ahead of MM2
+    specs = [TopicSpec(name, namespace.partitions, retention if name in logs else {}) for name in names]
     specs += [TopicSpec(t.topic, namespace.partitions) for t in namespace.targets_of_type("kafka").values()]
     return specs
 
@@ -123,7 +123,7 @@ async def apply_namespaces(
             # A topic that existed takes the namespace's settings (the log's retention) too.
             admin.set_configs([s for s in specs if s.config and s.name not in created])
             progress(
-                f"{ns.name}: topics ready ({len(created)} created, {len(ns.topics()) - len(created)} existed; "
+                f"{ns.name}: topics ready ({len(created)} created, {len(specs) - len(created)} existed; "
                 f"log retention {ns.retention})"
             )
             for name, sink in build_sinks(ns, connections).items():
