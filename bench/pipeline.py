@@ -165,11 +165,11 @@ def resolve_endpoints() -> tuple[Endpoints, dict[str, int]]:
         return Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security()), {}
     if settings.mode is not StackMode.LOCAL:
         raise BenchError(f"WALSTREAM_STACK_MODE={settings.mode.value} is not supported here; use local or external")
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from connectors.local.stack import LocalStack
 
     stack = LocalStack(settings.local)
     pids = stack.pids()
-    missing = [name for name in SERVICE_NAMES if name not in pids]
+    missing = [name for name in stack.names if name not in pids]
     if missing:
         raise BenchError(
             f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"

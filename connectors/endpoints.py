@@ -39,6 +39,8 @@ class Endpoints:
     cassandra_port: int
     elasticsearch_url: str
     security: ClientSecurity = field(default_factory=ClientSecurity)
+    #: The SQS endpoint URL (the local stack's ElasticMQ); None: the SDK's default endpoint for the region.
+    sqs_url: str | None = None
 
     @property
     def kafka(self) -> KafkaAccess:

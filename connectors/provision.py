@@ -19,7 +19,14 @@ def provision(settings: Settings, progress: Progress = lambda _m: None) -> Itera
     if settings.mode is StackMode.EXTERNAL:
         ext = settings.external
         host, _, port = ext.cassandra_contact.rpartition(":")
-        yield Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security())
+        yield Endpoints(
+            ext.kafka_bootstrap,
+            host,
+            int(port),
+            ext.elasticsearch_url,
+            settings.client_security(),
+            sqs_url=settings.sqs.endpoint,
+        )
     elif settings.mode is StackMode.LOCAL:
         from connectors.local.stack import LocalStack
 

@@ -43,9 +43,12 @@ class LocalStackSettings(_Frozen):
     cassandra_storage_port: Port = 17000
     elasticsearch_port: Port = 19200
     elasticsearch_transport_port: Port = 19300
+    #: ElasticMQ, the SQS-compatible server of the stack (queues of namespaces with ``backend: sqs``).
+    sqs_port: Port = 19324
     kafka_heap: str = "512m"
     cassandra_heap: str = "1g"
     elasticsearch_heap: str = "512m"
+    sqs_heap: str = "160m"
     #: The system user Elasticsearch runs as when the stack is started by root (it refuses root).
     elasticsearch_user: str = "walstream"
     start_timeout_s: float = Field(default=240.0, gt=0)
@@ -53,7 +56,7 @@ class LocalStackSettings(_Frozen):
     #: security module and TLS. Certificates and passwords are generated into ``<stack_dir>/secrets``.
     secure: bool = False
 
-    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap")
+    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap", "sqs_heap")
     @classmethod
     def _heap_size(cls, value: str) -> str:
         digits, unit = value[:-1], value[-1:].lower()
@@ -79,6 +82,7 @@ class LocalStackSettings(_Frozen):
             "cassandra_storage_port": self.cassandra_storage_port,
             "elasticsearch_port": self.elasticsearch_port,
             "elasticsearch_transport_port": self.elasticsearch_transport_port,
+            "sqs_port": self.sqs_port,
         }
 
 
@@ -96,6 +100,23 @@ class ExternalEndpointSettings(_Frozen):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} must look like host:port")
         return value
+
+
+class SqsSettings(_Frozen):
+    """The SQS-compatible log of namespaces with ``backend: sqs``. Credentials come from the AWS SDK's standard
+    chain (environment, profile, instance role); against the local stack's ElasticMQ any value does."""
+
+    #: The endpoint URL; unset means the local stack's ElasticMQ in local mode and Amazon SQS otherwise.
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    #: The longest delay one message may carry (SQS allows 900 s); a longer delay is re-sent with its remainder.
+    max_delay_s: int = Field(default=900, ge=1, le=900)
+    #: Receives the worker keeps in flight per namespace (each returns up to 10 messages).
+    receives: int = Field(default=4, ge=1, le=64)
+    #: How long a received message stays invisible to other workers while it is being applied.
+    visibility_s: int = Field(default=60, ge=5, le=43_200)
+    #: The long poll of one receive.
+    wait_s: int = Field(default=2, ge=0, le=20)
 
 
 class KafkaProtocol(StrEnum):
@@ -256,6 +277,7 @@ class Settings(_Frozen):
     external: ExternalEndpointSettings = ExternalEndpointSettings()
     runtime: RuntimeSettings
     api: ApiSettings = ApiSettings()
+    sqs: SqsSettings = SqsSettings()
     kafka: KafkaSecurity = KafkaSecurity()
     cassandra: CassandraSecurity = CassandraSecurity()
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
@@ -276,6 +298,14 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "CASSANDRA_STORAGE_PORT": ("local", "cassandra_storage_port"),
     "ELASTICSEARCH_PORT": ("local", "elasticsearch_port"),
     "ELASTICSEARCH_TRANSPORT_PORT": ("local", "elasticsearch_transport_port"),
+    "SQS_PORT": ("local", "sqs_port"),
+    "SQS_HEAP": ("local", "sqs_heap"),
+    "SQS_ENDPOINT": ("sqs", "endpoint"),
+    "SQS_REGION": ("sqs", "region"),
+    "SQS_MAX_DELAY_S": ("sqs", "max_delay_s"),
+    "SQS_RECEIVES": ("sqs", "receives"),
+    "SQS_VISIBILITY_S": ("sqs", "visibility_s"),
+    "SQS_WAIT_S": ("sqs", "wait_s"),
     "KAFKA_HEAP": ("local", "kafka_heap"),
     "CASSANDRA_HEAP": ("local", "cassandra_heap"),
     "ELASTICSEARCH_HEAP": ("local", "elasticsearch_heap"),
@@ -357,6 +387,7 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "external": {},
         "runtime": {"data_dir": data_dir},
         "api": {},
+        "sqs": {},
         "kafka": {},
         "cassandra": {},
         "elasticsearch": {},

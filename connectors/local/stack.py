@@ -38,7 +38,8 @@ Progress = Callable[[str], None]
 
 StateEntry = dict[str, Any]
 
-SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch")
+SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch", "elasticmq")
+_OPEN_ONLY = ("elasticmq",)
 _MIN_FREE_BYTES = 2 << 30
 _STOP_GRACE_S = 30.0
 
@@ -90,7 +91,8 @@ class LocalStack:
         if recorded is not None and recorded != settings.secure:
             settings = settings.model_copy(update={"secure": recorded})
         self.settings = settings
-        self.names = [n for n in SERVICE_NAMES if n in services]
+        # ElasticMQ has no TLS or passwords: a secured stack runs without it (SQS namespaces need an open one).
+        self.names = [n for n in SERVICE_NAMES if n in services and not (settings.secure and n in _OPEN_ONLY)]
         self._progress = progress
         self._state_path = settings.stack_dir / "state.json"
         self._java: JavaRuntime | None = None
@@ -224,6 +226,7 @@ class LocalStack:
             cassandra_host=HOST,
             cassandra_port=s.cassandra_port,
             elasticsearch_url=f"{scheme}://{HOST}:{s.elasticsearch_port}",
+            sqs_url=None if self.secure else f"http://{HOST}:{s.sqs_port}",
         )
         if self.secure:
             endpoints = replace(endpoints, security=secured.client_security(self.secrets))
@@ -239,8 +242,10 @@ class LocalStack:
             "WALSTREAM_KAFKA_BOOTSTRAP": f"{HOST}:{s.kafka_port}",
             "WALSTREAM_CASSANDRA_CONTACT": f"{HOST}:{s.cassandra_port}",
             "WALSTREAM_ELASTICSEARCH_URL": f"{scheme}://{HOST}:{s.elasticsearch_port}",
+            "WALSTREAM_SQS_ENDPOINT": f"http://{HOST}:{s.sqs_port}",
         }
         if self.secure:
+            del env["WALSTREAM_SQS_ENDPOINT"]
             env.update(secured.client_security_env(self.secrets))
         return env
 
@@ -355,7 +360,7 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
     caller removes ``stack_dir.parent`` once the stack is down."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
-    kafka, controller, cassandra, storage, es, transport = free_ports(6)
+    kafka, controller, cassandra, storage, es, transport, sqs = free_ports(7)
     return settings.model_copy(
         update={
             "stack_dir": base / "stack",
@@ -366,6 +371,7 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
             "cassandra_storage_port": storage,
             "elasticsearch_port": es,
             "elasticsearch_transport_port": transport,
+            "sqs_port": sqs,
         }
     )
 
@@ -376,4 +382,4 @@ def _record_security(stack_dir: Path, secure: bool) -> None:
 
 def _start_order(svc: Service) -> int:
     # The slowest starter goes first so the three overlap as much as possible.
-    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2}[svc.name]
+    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2, "elasticmq": 3}[svc.name]

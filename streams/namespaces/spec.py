@@ -24,6 +24,8 @@ from streams.topics import (
 CassandraType = Literal["text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"]
 ElasticsearchType = Literal["keyword", "text", "long", "integer", "double", "boolean", "date"]
 Persona = Literal["fanout", "delay-queue", "replication"]
+#: Where a namespace's log lives: Kafka topics (the default) or an SQS-compatible queue.
+Backend = Literal["kafka", "sqs"]
 PayloadFormat = Literal["json", "avro"]
 TargetType = Literal["cassandra", "elasticsearch", "kafka"]
 
@@ -312,6 +314,8 @@ class Namespace(_Model):
     name: Annotated[str, AfterValidator(validate_namespace_name)]
     partitions: int = Field(default=3, ge=1, le=1000)
     persona: Annotated[Persona, _one_of(Persona)] = "fanout"
+    #: The log the namespace's entries go through: Kafka topics, or an SQS queue (``wal-<ns>``, its DLQ queue).
+    backend: Annotated[Backend, _one_of(Backend)] = "kafka"
     payload: PayloadSpec = PayloadSpec()
     targets: dict[TargetName, Target]
     retry: RetryPolicy = RetryPolicy()

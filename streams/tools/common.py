@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from collections.abc import Sequence
 
 from connectors.endpoints import Endpoints
@@ -39,15 +40,18 @@ def find_endpoints(settings: Settings) -> Endpoints:
             return eps
     if settings.mode is StackMode.TESTCONTAINERS:
         raise StackError("containers live only as long as the process that started them; use `walstream run`")
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from connectors.local.stack import LocalStack
 
     stack = LocalStack(settings.local)
-    missing = [name for name in SERVICE_NAMES if name not in stack.pids()]
+    missing = [name for name in stack.names if name not in stack.pids()]
     if missing:
         raise StackError(
             f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
         )
-    return stack.endpoints()
+    endpoints = stack.endpoints()
+    if settings.sqs.endpoint is not None:
+        endpoints = replace(endpoints, sqs_url=settings.sqs.endpoint)
+    return endpoints
 
 
 def namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:

@@ -36,7 +36,7 @@ def run_stack(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         healthy = print_status(stack)
         return 0 if healthy else 1
     if args.action == "logs":
-        for name in args.services or SERVICE_NAMES:
+        for name in stack.names:
             print(f"==> {name} <==")
             print(stack.log_tail(name, args.lines))
         return 0
