@@ -32,6 +32,7 @@ from connectors.local.process import (
     stop,
 )
 from connectors.local.services import HOST, Service, all_services, describe_failure
+from connectors.sqs.client import SqsAccess
 from streams.config import LocalStackSettings
 
 Progress = Callable[[str], None]
@@ -226,7 +227,7 @@ class LocalStack:
             cassandra_host=HOST,
             cassandra_port=s.cassandra_port,
             elasticsearch_url=f"{scheme}://{HOST}:{s.elasticsearch_port}",
-            sqs_url=None if self.secure else f"http://{HOST}:{s.sqs_port}",
+            sqs=None if self.secure else SqsAccess(f"http://{HOST}:{s.sqs_port}", static_credentials=True),
         )
         if self.secure:
             endpoints = replace(endpoints, security=secured.client_security(self.secrets))

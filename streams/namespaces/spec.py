@@ -15,6 +15,7 @@ from pydantic import field_validator as _field_validator
 from streams.topics import (
     DEFAULT_RETENTION,
     all_topics,
+    cdc_topic,
     parse_duration,
     parse_retention,
     tier_label,
@@ -31,6 +32,8 @@ TargetType = Literal["cassandra", "elasticsearch", "kafka"]
 
 DEFAULT_TIERS: tuple[str, ...] = ("1s", "10s", "1m", "10m")
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: SQS queue names have at most 80 characters, and the dead-letter queue is wal-<ns>-dlq.
+_SQS_NAME_MAX = 72
 
 _TARGET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _CQL_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
@@ -324,6 +327,14 @@ class Namespace(_Model):
     #: How long the log keeps entries (the topic's retention.ms): how far back `walstream replay` can go.
     retention: Annotated[str, AfterValidator(_retention)] = DEFAULT_RETENTION
 
+    @model_validator(mode="after")
+    def _queue_names_fit(self) -> Namespace:
+        if self.backend == "sqs" and len(self.name) > _SQS_NAME_MAX:
+            raise Problems(
+                [Problem("name", f"an sqs namespace's name has at most {_SQS_NAME_MAX} characters (queue names)")]
+            )
+        return self
+
     @_field_validator("targets")
     @classmethod
     def _at_least_one(cls, targets: dict[str, Any]) -> dict[str, Any]:
@@ -404,5 +415,7 @@ class Namespace(_Model):
         return tuple(parse_duration(tier) for tier in self.retry.tiers)
 
     def topics(self) -> tuple[str, ...]:
-        """Every topic this namespace needs (log, retry tiers, DLQ, CDC)."""
+        """Every topic this namespace needs: log, retry tiers, DLQ and CDC; only the CDC topic for an SQS log."""
+        if self.backend == "sqs":
+            return (cdc_topic(self.name),)
         return all_topics(self.name, self.retry.tiers)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 
 from connectors.endpoints import Endpoints
 from connectors.local.errors import StackError
 from connectors.provision import provision
+from connectors.sqs.client import local_access
 from streams.config import Settings, StackMode
 from streams.namespaces import Namespace
 
@@ -50,7 +51,7 @@ def find_endpoints(settings: Settings) -> Endpoints:
         )
     endpoints = stack.endpoints()
     if settings.sqs.endpoint is not None:
-        endpoints = replace(endpoints, sqs_url=settings.sqs.endpoint)
+        endpoints = replace(endpoints, sqs=local_access(settings.sqs.endpoint, settings.sqs.region))
     return endpoints
 
 
