@@ -246,6 +246,10 @@ class SyncWalWriter:
         """Start writing a prepared entry; many can be in flight at once."""
         return asyncio.run_coroutine_threadsafe(self._writer.write_entry(entry), self._loop)
 
+    def write_many(self, entries: Sequence[WalEntry], timeout: float | None = None) -> list[Delivery]:
+        """Write prepared entries in bulk (WalWriter.write_many): one answer per entry, in order."""
+        return self._call(self._writer.write_many(entries), timeout)
+
     def submit(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> Any:
         """Start a write and return a concurrent future, so many writes can be in flight at once."""
         return asyncio.run_coroutine_threadsafe(self._writer.write(namespace, key, op, payload, **options), self._loop)
