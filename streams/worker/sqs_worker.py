@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 #: A message received this close before its entry is due waits in the worker; an earlier one goes back to the
 #: queue with the rest of its delay. SQS delays are whole seconds, rounded down so none is released late.
 HOLD_MS = 3_000
+#: A pipeline batch: what the receives brought within this long, at most this many messages.
+BATCH_WITHIN_S = 0.05
+BATCH_MAX = 500
+BATCHES_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,7 @@ def require_sqs(namespaces: Sequence[Namespace], endpoints: Endpoints) -> SqsAcc
 
 
 class QueueRunner:
-    """One SQS namespace: ``receives`` long-poll loops, each receive (up to 10 messages) one pipeline batch."""
+    """One SQS namespace: ``receives`` long-poll loops (up to 10 messages each) feeding pipeline batches."""
 
     def __init__(
         self,
@@ -93,15 +97,21 @@ class QueueRunner:
         self._processor = FanoutProcessor(self._applier, self.table)
 
     async def run(self, stop: asyncio.Event) -> None:
-        loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.options.sqs.receives)]
+        """Receive loops fill an inbox; one loop takes what arrived together (up to ``BATCH_MAX`` messages) as
+        one pipeline batch, with up to ``BATCHES_IN_FLIGHT`` batches pipelined (the FanoutProcessor keeps them in
+        order)."""
+        inbox: asyncio.Queue[Received] = asyncio.Queue(maxsize=BATCH_MAX * 2)
+        loops = [asyncio.create_task(self._receive(stop, inbox)) for _ in range(self.options.sqs.receives)]
+        batching = asyncio.create_task(self._batches(stop, inbox))
         try:
             await asyncio.gather(*loops)
+            await batching
         finally:
-            for task in loops:
+            for task in [*loops, batching]:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, batching, return_exceptions=True)
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _receive(self, stop: asyncio.Event, inbox: asyncio.Queue[Received]) -> None:
         while not stop.is_set():
             try:
                 messages = await self.queue.receive()
@@ -109,8 +119,31 @@ class QueueRunner:
                 log.warning("receive from %s failed: %s", self.queue.queue, exc, extra={"namespace": self.ns.name})
                 await asyncio.sleep(1.0)
                 continue
-            if messages:
-                await self.handle(messages)
+            for message in messages:
+                await inbox.put(message)
+
+    async def _batches(self, stop: asyncio.Event, inbox: asyncio.Queue[Received]) -> None:
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+        while not (stop.is_set() and inbox.empty()):
+            try:
+                first = await asyncio.wait_for(inbox.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            batch = [first]
+            until = time.monotonic() + BATCH_WITHIN_S
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(await asyncio.wait_for(inbox.get(), timeout=max(until - time.monotonic(), 0.0)))
+                except TimeoutError:
+                    break
+            await slots.acquire()
+            task = asyncio.create_task(self.handle(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: slots.release())
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def handle(self, messages: Sequence[Received]) -> None:
         """Apply what is due, hold what is due within moments, send the rest back with the rest of its delay."""

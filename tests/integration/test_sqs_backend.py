@@ -288,7 +288,7 @@ def test_a_worker_killed_with_messages_in_flight_has_them_applied_again_exactly(
         rnd = random.Random(7)
         entries = [
             new_entry(ns.name, f"k{rnd.randrange(150)}", Op.UPSERT, b'{"color":"c%d","qty":%d}' % (i % 7, i))
-            for i in range(1_200)
+            for i in range(3_000)
         ]
         assert all(d.ok for d in write_all(endpoints, ns, entries))
         newest: dict[str, WalEntry] = {}
