@@ -450,6 +450,65 @@ def test_poison_messages_reach_the_dead_letter_queue_the_rest_is_applied_and_rep
             worker.stop()
 
 
+# -- retries ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_retryable_failure_waits_in_the_queue_by_its_tier_and_an_exhausted_budget_reaches_the_dead_letter_queue(
+    endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
+) -> None:
+    session, es = stores
+    retry = {"tiers": ["1s", "3s"], "backoff_multiplier": 1.0, "max_attempts": 3}
+    with sqs_namespace(endpoints, tmp_path / "ns", retry=retry) as ns:
+        worker = sqs_worker(ns, tmp_path).start()
+        writer = SyncWalWriter(endpoints.kafka, {ns.name: ns.namespace}, sqs=_sqs(endpoints))
+        env = client_env(endpoints, ns)
+        # A read-only-allow-delete block makes Elasticsearch answer 429: retryable, as when it is overloaded.
+        block = {"index.blocks.read_only_allow_delete": True}
+        unblock = {"index.blocks.read_only_allow_delete": None}
+        try:
+            assert writer.write(ns.name, "warm", Op.UPSERT, {"color": "w", "qty": 0}).ok
+            wait_until(lambda: "warm" in es_docs(es, ns.index), 90, "the worker to start", worker.tail)
+            es.indices.put_settings(index=ns.index, settings=block)
+            try:
+                for i in range(3):
+                    assert writer.write(ns.name, f"r{i}", Op.UPSERT, {"color": "r", "qty": i}).ok
+                wait_until(
+                    lambda: {f"r{i}" for i in range(3)} <= set(cassandra_rows(session, ns.keyspace)),
+                    60,
+                    "Cassandra to hold the entries the index refuses",
+                    worker.tail,
+                )
+                # Received, failed at the index, hidden again for their tier: in flight, not deleted.
+                counts = _queue_counts(_sqs(endpoints), topics.sqs_queue(ns.name))
+                assert counts["in_flight"] + counts["visible"] >= 1, counts
+            finally:
+                es.indices.put_settings(index=ns.index, settings=unblock)
+            want = {"warm": ("w", 0)} | {f"r{i}": ("r", i) for i in range(3)}
+            wait_until(lambda: es_docs(es, ns.index) == want, 60, "a retry to reach the index", worker.tail)
+
+            es.indices.put_settings(index=ns.index, settings=block)
+            try:
+                for i in range(2):
+                    assert writer.write(ns.name, f"x{i}", Op.UPSERT, {"color": "x", "qty": i}).ok
+
+                def exhausted() -> list[str]:
+                    listed = cli(env, "dlq", "list", ns.name, "--error-class", "exhausted")
+                    return [line for line in listed.stdout.splitlines()[1:] if line.strip()]
+
+                wait_until(lambda: len(exhausted()) == 2, 90, "the budget to run out", worker.tail)
+                shown = cli(env, "dlq", "show", ns.name, exhausted()[0].split()[5])
+                assert '"attempts": 3' in shown.stdout and "cluster_block_exception" in shown.stdout, shown.stdout
+            finally:
+                es.indices.put_settings(index=ns.index, settings=unblock)
+            replayed = cli(env, "dlq", "replay", ns.name, "--error-class", "exhausted")
+            assert "replayed 2" in replayed.stdout + replayed.stderr, replayed.stdout + replayed.stderr
+            want |= {f"x{i}": ("x", i) for i in range(2)}
+            wait_until(lambda: rows_and_docs(stores, ns) == (want, want), 90, "the replayed entries", worker.tail)
+        finally:
+            writer.close()
+            worker.stop()
+
+
 # -- a bad setup -------------------------------------------------------------------------------------------------------
 
 
