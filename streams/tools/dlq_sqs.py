@@ -77,8 +77,7 @@ def _letter(index: int, message: dict[str, Any], dlq: str, codec: Codec) -> Queu
         attempts = int(attributes.get(ATTEMPTS, "0") or 0)
         failed_at = int(attributes.get(FAILED_AT, str(sent)) or sent)
     else:  # moved by the queue's redrive policy: received too often without being deleted
-        receives = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
-        reason = f"moved by the queue's redrive policy (received {receives} times without an outcome)"
+        reason = "no reason recorded: moved by the queue's redrive policy after too many receives without an outcome"
         error_class, attempts, failed_at = ErrorClass.EXHAUSTED.value, 0, sent
     if attributes.get(FIRST_ERROR):
         reason += f" (first error: {attributes[FIRST_ERROR]})"
