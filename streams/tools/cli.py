@@ -25,6 +25,7 @@ from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
 from streams.tools.repair.cli import add_parsers as _add_repair_parsers
+from streams.topics import sqs_queue
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -73,6 +74,8 @@ def _ns_validate(args: argparse.Namespace) -> int:
         print(
             f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}, "
             f"log retention {ns.retention}"
+            if ns.backend == "kafka"
+            else f"ok  {ns.name}: backend sqs (queue {sqs_queue(ns.name)}), persona {ns.persona}, targets {targets}"
         )
     return 0
 
