@@ -193,10 +193,12 @@ def test_sdk_and_api_writes_reconcile_exactly_with_one_change_event_per_applied_
                 for number, wave in enumerate(waves):
                     for index, (key, op, qty) in enumerate(wave):
                         payload = None if qty is None else {"color": f"c{number}", "qty": qty}
-                        if index % 2 == 0:
+                        if index % 3 == 0:
                             delivery = sdk.write(ns.name, key, op, payload)
-                        else:
+                        elif index % 3 == 1:
                             delivery = client.write_to_log(write_request(ns.name, key, op, payload))
+                        else:
+                            delivery = client.stream_write(write_request(ns.name, key, op, payload))
                         assert delivery.durable is Durable.TRUE, delivery.message
                         expected = ChangeOp.DELETE if op == "DELETE" else (
                             ChangeOp.UPDATE if key in live else ChangeOp.CREATE
