@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -320,7 +321,7 @@ def test_a_worker_killed_with_messages_in_flight_has_them_applied_again_exactly(
             again.stop()
 
 
-def test_elasticmq_restarted_mid_stream_loses_no_acknowledged_entry(
+def test_elasticmq_restarted_or_killed_mid_stream_loses_no_acknowledged_entry(
     settings: Settings, endpoints: Endpoints, stores: tuple[Session, Elasticsearch], tmp_path: Path
 ) -> None:
     # An ElasticMQ of this test's own, so restarting it disturbs no other test; the other services are shared.
@@ -356,7 +357,8 @@ def test_elasticmq_restarted_mid_stream_loses_no_acknowledged_entry(
             try:
                 session, _ = stores
                 wait_until(lambda: len(cassandra_rows(session, ns.keyspace)) >= 40, 120, "the first rows", worker.tail)
-                stack.down()  # mid-stream: the worker and the writer lose the queue for a while
+                # Mid-stream, and a crash this time: SIGKILL, no chance to flush anything at shutdown.
+                stack.signal_service("elasticmq", signal.SIGKILL)
                 time.sleep(2)
                 stack.up()
                 writing.join(timeout=300)
