@@ -37,17 +37,29 @@ class InFlight:
     first_error: str | None = None
 
 
+#: First errors of messages waiting for a retry, kept for their next receive (at most this many).
+_FIRST_ERRORS_KEPT = 100_000
+
+
 @dataclass(slots=True)
 class Tracker:
-    """The messages in flight of one namespace, by the offset the pipeline sees them under."""
+    """The messages in flight of one namespace, by the offset the pipeline sees them under, and the first error
+    of each message that waits for a retry (a hidden message keeps its attributes: the worker remembers it)."""
 
     messages: dict[int, InFlight] = field(default_factory=dict)
     next_offset: int = 0
+    first_errors: collections.OrderedDict[str, str] = field(default_factory=collections.OrderedDict)
 
     def add(self, message: Received) -> int:
         self.next_offset += 1
-        self.messages[self.next_offset] = InFlight(message, first_error=message.attributes.get(FIRST_ERROR))
+        first = self.first_errors.pop(message.message_id, None) or message.attributes.get(FIRST_ERROR)
+        self.messages[self.next_offset] = InFlight(message, first_error=first)
         return self.next_offset
+
+    def remember(self, message_id: str, first_error: str) -> None:
+        self.first_errors[message_id] = first_error
+        while len(self.first_errors) > _FIRST_ERRORS_KEPT:
+            self.first_errors.popitem(last=False)
 
 
 class QueueTable:
@@ -150,6 +162,8 @@ class QueueFollowUps:
         except Exception as exc:  # noqa: BLE001 - the batch is not acknowledged; the message comes back anyway
             return Delivery(Durable.FALSE, f"could not hide the message for its retry: {exc}")
         held.kept = True
+        if envelope.first_error:
+            self._tracker.remember(held.message.message_id, envelope.first_error)
         return Delivery(Durable.TRUE, topic=self._queue.queue)
 
     async def _dead_letter(self, value: bytes, headers: Headers) -> Delivery:

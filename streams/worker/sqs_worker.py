@@ -95,6 +95,7 @@ class QueueRunner:
             dependencies=dependencies,
         )
         self._processor = FanoutProcessor(self._applier, self.table)
+        self._held: set[asyncio.Task[None]] = set()  # messages due within HOLD_MS, waiting to be applied
 
     async def run(self, stop: asyncio.Event) -> None:
         """Receive loops fill an inbox; one loop takes what arrived together (up to ``BATCH_MAX`` messages) as
@@ -144,6 +145,8 @@ class QueueRunner:
             task.add_done_callback(lambda _: slots.release())
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+        if self._held:
+            await asyncio.gather(*self._held, return_exceptions=True)
 
     async def handle(self, messages: Sequence[Received]) -> None:
         """Apply what is due, hold what is due within moments, send the rest back with the rest of its delay."""
@@ -168,10 +171,15 @@ class QueueRunner:
             await self._requeue(later)
         if ready:
             await self._apply(ready)
-        if held:
+        if held:  # waits on its own, so the batches behind it do not
             wait = max(due_ms(self.codec.decode_entry(value)) for _, value in held) - time.time() * 1000
-            await asyncio.sleep(max(wait, 0.0) / 1000)
-            await self._apply(held)
+            task = asyncio.create_task(self._apply_at(max(wait, 0.0) / 1000, held))
+            self._held.add(task)
+            task.add_done_callback(self._held.discard)
+
+    async def _apply_at(self, wait_s: float, batch: Sequence[tuple[Received, bytes]]) -> None:
+        await asyncio.sleep(wait_s)
+        await self._apply(batch)
 
     async def _requeue(self, later: Sequence[tuple[Received, int]]) -> None:
         """A delay longer than one message may carry: sent again with the rest of it, then the old one deleted."""

@@ -502,6 +502,7 @@ def test_a_retryable_failure_waits_in_the_queue_by_its_tier_and_an_exhausted_bud
                 wait_until(lambda: len(exhausted()) == 2, 90, "the budget to run out", worker.tail)
                 shown = cli(env, "dlq", "show", ns.name, exhausted()[0].split()[5])
                 assert '"attempts": 3' in shown.stdout and "cluster_block_exception" in shown.stdout, shown.stdout
+                assert "(first error: " in shown.stdout, shown.stdout  # remembered across the receives
             finally:
                 es.indices.put_settings(index=ns.index, settings=unblock)
             replayed = cli(env, "dlq", "replay", ns.name, "--error-class", "exhausted")
