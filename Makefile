@@ -7,7 +7,7 @@ WALSTREAM := $(VENV)/bin/walstream
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint stack-up stack-down stack-status tools clean
+.PHONY: setup run test unit lint stack-up stack-down stack-status tools clean wheelhouse image image-test
 
 setup: $(STAMP)
 
@@ -46,5 +46,20 @@ stack-down: setup
 stack-status: setup
 	$(WALSTREAM) stack status
 
+# The container image, built offline with podman (image/build.sh says how); its tag is the chart's appVersion, so
+# the chart's default values name it.
+IMAGE ?= walstream
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' helm/walstream/Chart.yaml)
+
+wheelhouse: setup
+	bash image/wheelhouse.sh $(PY)
+
+image: setup
+	bash image/build.sh $(IMAGE):$(IMAGE_TAG) $(PY)
+
+# The image on the local stack, configured exactly as the chart renders its pods (tests/image).
+image-test: image tools
+	$(PY) -m pytest tests/image --image $(IMAGE):$(IMAGE_TAG) $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .image

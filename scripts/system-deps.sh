@@ -18,22 +18,4 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificates with it
 command -v unzip >/dev/null || true  # not needed: the stack unpacks archives itself
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-
-echo "system packages missing: ${missing[*]}" >&2
-if ! command -v apt-get >/dev/null; then
-  echo "error: install ${missing[*]} with your package manager (no apt-get here)" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null; then SUDO="sudo"; else
-    echo "error: run as root or install ${missing[*]} yourself" >&2
-    exit 1
-  fi
-fi
-echo "installing ${missing[*]} with apt-get" >&2
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" "${missing[@]}"

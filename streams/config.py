@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from streams.sqs_settings import SqsSettings
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 ENV_PREFIX = "WALSTREAM_"
@@ -100,23 +102,6 @@ class ExternalEndpointSettings(_Frozen):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} must look like host:port")
         return value
-
-
-class SqsSettings(_Frozen):
-    """The SQS-compatible log of namespaces with ``backend: sqs``. Credentials come from the AWS SDK's standard
-    chain (environment, profile, instance role); against the local stack's ElasticMQ any value does."""
-
-    #: The endpoint URL; unset means the local stack's ElasticMQ in local mode and Amazon SQS otherwise.
-    endpoint: str | None = None
-    region: str = "us-east-1"
-    #: The longest delay one message may carry (SQS allows 900 s); a longer delay is re-sent with its remainder.
-    max_delay_s: int = Field(default=900, ge=1, le=900)
-    #: Receives the worker keeps in flight per namespace (each returns up to 10 messages).
-    receives: int = Field(default=4, ge=1, le=64)
-    #: How long a received message stays invisible to other workers while it is being applied.
-    visibility_s: int = Field(default=60, ge=5, le=43_200)
-    #: The long poll of one receive.
-    wait_s: int = Field(default=2, ge=0, le=20)
 
 
 class KafkaProtocol(StrEnum):
@@ -232,6 +217,24 @@ class RuntimeSettings(_Frozen):
     metrics_host: str = "127.0.0.1"
     #: Where helm/install-tools.sh puts the chart tools (read by that script and tests/helm; default <repo>/.tools).
     tools_dir: Path | None = None
+    #: Workers' /readyz addresses (host:port or http(s)://host:port, comma-separated) that `walstream status`
+    #: asks whether the flood guard holds a namespace.
+    status_workers: tuple[str, ...] = ()
+
+    @field_validator("status_workers", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        return parse_addresses(value) if isinstance(value, str) else value
+
+
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """Comma-separated HTTP addresses (host:port, or http(s)://host:port); ValueError names a malformed one."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in found:
+        host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r} must look like host:port or http://host:port")
+    return found
 
 
 class ApiSettings(_Frozen):
@@ -320,6 +323,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "REPLICATION_FACTOR": ("runtime", "replication_factor"),
     "TOOLS_DIR": ("runtime", "tools_dir"),
     "METRICS_HOST": ("runtime", "metrics_host"),
+    "STATUS_WORKERS": ("runtime", "status_workers"),
     "API_HOST": ("api", "host"),
     "API_PORT": ("api", "port"),
     "API_MAX_IN_FLIGHT": ("api", "max_in_flight"),

@@ -5,12 +5,30 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from connectors.endpoints import Endpoints
 from connectors.provision import provision
 from streams.config import Settings, load_settings
+
+IMAGE_TESTS = Path(__file__).resolve().parent / "image"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--image",
+        metavar="NAME:TAG",
+        help="run the container image's tests (tests/image) on this podman image; `make image-test` passes it",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/image needs a built image and podman: it is collected with --image only (`make image-test`)."""
+    if collection_path == IMAGE_TESTS and not config.getoption("--image"):
+        return True
+    return None
 
 
 def _say(message: str) -> None:

@@ -25,6 +25,7 @@ from streams.tools.dlq_cli import dlq_list as _dlq_list
 from streams.tools.dlq_cli import dlq_replay as _dlq_replay
 from streams.tools.dlq_cli import dlq_show as _dlq_show
 from streams.tools.repair.cli import add_parsers as _add_repair_parsers
+from streams.tools.status_view import add_parser as _add_status_parser
 from streams.topics import sqs_queue
 
 
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=handler)
 
     _add_repair_parsers(sub)
+    _add_status_parser(sub)
     return parser
 
 

@@ -18,7 +18,6 @@ from connectors.sqs.client import ENDPOINT_SETTING, SqsAccess, SqsUnavailable, d
 from connectors.sqs.consumer import QueueClient, Received
 from streams import topics
 from streams.codec import Codec, DecodeError
-from streams.config import SqsSettings
 from streams.core.dependencies import Dependencies
 from streams.core.flood import FloodGuard
 from streams.core.schedule import due_ms, queue_delay_s
@@ -29,6 +28,7 @@ from streams.namespaces import Namespace
 from streams.pipeline.apply import Record
 from streams.pipeline.build import build_applier, delete_pacers
 from streams.pipeline.fanout import FanoutProcessor
+from streams.sqs_settings import SqsSettings
 from streams.worker.process import WORKER_DELIVERY_TIMEOUT_MS, dependency_names
 from streams.worker.sqs_followups import QueueFollowUps, QueueTable, Tracker
 from streams.worker.targets import Connections, build_sinks, topic_specs

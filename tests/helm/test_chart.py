@@ -663,6 +663,39 @@ def test_verify_runs_on_a_schedule_only_when_enabled(case: str) -> None:
         assert container["args"][5:] == values["extraArgs"]
 
 
+@all_cases
+def test_the_grafana_dashboard_ships_only_when_enabled(case: str) -> None:
+    values = values_of(case)["grafanaDashboard"]
+    maps = [doc for doc in of_kind(render(case), "ConfigMap") if component(doc) == "dashboard"]
+    if not values["enabled"]:
+        assert maps == []
+        return
+    (config_map,) = maps
+    metadata = config_map["metadata"]
+    assert metadata["name"] == fullname("dashboard")
+    assert metadata["labels"][values["label"]] == values["labelValue"]
+    assert metadata["namespace"] == (values["namespace"] or K8S_NAMESPACE)
+    assert metadata.get("annotations", {}) == values["annotations"]
+    shipped = json.loads(config_map["data"]["walstream.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "walstream.json").read_text())
+
+
+def test_the_dashboards_label_is_the_sidecars_by_default_and_configurable() -> None:
+    defaults = values_of("defaults")["grafanaDashboard"]
+    assert defaults["enabled"] is False
+    assert (defaults["label"], defaults["labelValue"]) == ("grafana_dashboard", "1")
+    result = helm(
+        "template", RELEASE, CHART, "--namespace", K8S_NAMESPACE, "--set", "grafanaDashboard.enabled=true",
+        "--set", "grafanaDashboard.label=dashboards.example.com/grafana", "--set-string",
+        "grafanaDashboard.labelValue=walstream", "--show-only", "templates/configmap-dashboard.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (config_map,) = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert config_map["metadata"]["labels"]["dashboards.example.com/grafana"] == "walstream"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    assert json.loads(config_map["data"]["walstream.json"])["uid"] == "walstream-overview"
+
+
 # -- values.schema.json ------------------------------------------------------------------------------------------------
 
 BAD_VALUES = {
@@ -703,6 +736,11 @@ BAD_VALUES = {
     "a Secret reference with a stray key": (
         "security:\n  elasticsearch:\n    apiKeySecret: {name: es, key: api-key, optional: true}\n",
         "additional properties 'optional' not allowed",
+    ),
+    "a dashboard switch as a string": ('grafanaDashboard:\n  enabled: "yes"\n', "/grafanaDashboard/enabled"),
+    "a dashboard label that is no label": (
+        "grafanaDashboard:\n  label: grafana dashboard\n",
+        "/grafanaDashboard/label",
     ),
     "Cassandra TLS as a string": ('security:\n  cassandra:\n    tls: "yes"\n', "/security/cassandra/tls"),
     "a fingerprint that is not SHA-256": (
