@@ -1,14 +1,16 @@
 """Delayed-queue lateness: entries with delays up to 60 s, delivered to a Kafka topic target; p50/p99 lateness.
 
-Run with the local stack up:  .venv/bin/python bench/delay.py [--entries 400] [--max-delay 60]
+Run with the local stack up:  .venv/bin/python bench/delay.py [--entries 400] [--max-delay 60] [--backend sqs]
 Lateness is the delivery's broker timestamp minus the entry's due time. The target is p99 <= 1 s, and no
-entry may be delivered early.
+entry may be delivered early. ``--backend sqs`` measures a namespace on the stack's ElasticMQ too, and prints its
+figures beside the Kafka ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -19,12 +21,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 from confluent_kafka import Consumer
 
+from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin
 from connectors.local.stack import LocalStack
+from connectors.sqs.client import sync_client
+from streams import topics
 from streams.client.sdk import SyncWalWriter
 from streams.config import load_settings
 from streams.core.schedule import due_ms
@@ -44,14 +50,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=400)
     parser.add_argument("--max-delay", type=float, default=60.0, help="seconds")
+    parser.add_argument(
+        "--backend", choices=["kafka", "sqs"], default="kafka", help="sqs: measure an SQS namespace beside Kafka"
+    )
     args = parser.parse_args()
 
     settings = load_settings()
     stack = LocalStack(settings.local)
-    if len(stack.pids()) < 3:
+    if len(stack.pids()) < len(stack.names):
         print("the local stack is not running: `walstream stack up` first", file=sys.stderr)
         return 2
     endpoints = stack.endpoints()
+    results = {}
+    for backend in ["kafka", "sqs"] if args.backend == "sqs" else ["kafka"]:
+        code, figures = run(endpoints, backend, args.entries, args.max_delay)
+        if code == 2:
+            return 2
+        results[backend] = (code, figures)
+    if len(results) > 1:
+        print("\nbackend  delivered  p50 ms  p99 ms  max ms  early")
+        for backend, (_, f) in results.items():
+            print(
+                f"{backend:<8} {f['delivered']:>9}  {f['lateness_p50_ms']:>6}  {f['lateness_p99_ms']:>6}  "
+                f"{f['lateness_max_ms']:>6}  {f['early']:>5}"
+            )
+    return max(code for code, _ in results.values())
+
+
+def run(endpoints: Endpoints, backend: str, count: int, max_delay: float) -> tuple[int, dict[str, Any]]:
+    """One namespace of ``backend``, its worker, ``count`` delayed entries; (exit code, figures)."""
     name = f"delaybench_{uuid.uuid4().hex[:8]}"
     outbox = f"{name}.due"
     workdir = Path(tempfile.mkdtemp(prefix="walstream-delay-"))
@@ -62,6 +89,7 @@ def main() -> int:
                 "name": name,
                 "partitions": 3,
                 "persona": "delay-queue",
+                "backend": backend,
                 "targets": {"outbox": {"type": "kafka", "topic": outbox}},
             }
         )
@@ -80,7 +108,7 @@ def main() -> int:
         {"bootstrap.servers": endpoints.kafka_bootstrap, "group.id": f"{name}-reader", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([outbox])
-    writer = SyncWalWriter(endpoints.kafka_bootstrap, {name: ns})
+    writer = SyncWalWriter(endpoints.kafka_bootstrap, {name: ns}, sqs=endpoints.sqs)
     try:
         # Measure the queue, not the worker's start-up: wait until a first entry comes through.
         assert writer.write(name, "warm-up", Op.UPSERT, {"n": -1}).ok
@@ -91,18 +119,19 @@ def main() -> int:
                 break
         else:
             print("the worker did not start within 120 s; see " + str(workdir / "worker.log"), file=sys.stderr)
-            return 2
+            return 2, {}
         rnd = random.Random(1)
-        max_ms = int(args.max_delay * 1000)
+        max_ms = int(max_delay * 1000)
         entries = [
             writer.prepare(name, f"job-{i}", Op.UPSERT, {"n": i}, delay_ms=rnd.randrange(0, max_ms))
-            for i in range(args.entries)
+            for i in range(count)
         ]
-        futures = [writer.submit_entry(e) for e in entries]
-        assert all(f.result(60).ok for f in futures), "writes were not durable"
+        # In bulk: batches of 10 per SQS call, so the queue's lateness is measured rather than the writer's.
+        answers = writer.write_many(entries, timeout=120)
+        assert all(d.ok for d in answers), f"writes were not durable: {next(d for d in answers if not d.ok)}"
         due = {e.key: due_ms(e) or e.lifecycle.original_write_time // 1000 for e in entries}
         delivered: dict[str, int] = {}
-        deadline = time.monotonic() + args.max_delay + 120
+        deadline = time.monotonic() + max_delay + 120
         while len(delivered) < len(entries) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
@@ -115,20 +144,21 @@ def main() -> int:
         figures = {
             "entries": len(entries),
             "delivered": len(delivered),
-            "max_delay_s": args.max_delay,
+            "backend": backend,
+            "max_delay_s": max_delay,
             "lateness_p50_ms": percentile(lateness, 0.5) if lateness else None,
             "lateness_p99_ms": percentile(lateness, 0.99) if lateness else None,
             "lateness_max_ms": max(lateness) if lateness else None,
             "early": len(early),
         }
-        print(f"delivered {len(delivered)}/{len(entries)} delayed entries (delays 0-{args.max_delay:.0f}s)")
+        print(f"{backend}: delivered {len(delivered)}/{len(entries)} delayed entries (delays 0-{max_delay:.0f}s)")
         print(
             f"lateness p50 {figures['lateness_p50_ms']} ms, p99 {figures['lateness_p99_ms']} ms, "
             f"max {figures['lateness_max_ms']} ms; early deliveries: {len(early)}"
         )
         print(json.dumps(figures))
         ok = len(delivered) == len(entries) and not early and (figures["lateness_p99_ms"] or 0) <= 1000
-        return 0 if ok else 1
+        return (0 if ok else 1), figures
     finally:
         writer.close()
         consumer.close()
@@ -141,6 +171,11 @@ def main() -> int:
         admin = KafkaAdmin(endpoints.kafka_bootstrap)
         internal = [t for t in admin._admin.list_topics(timeout=10).topics if t.startswith(f"walstream.{name}")]
         admin.delete_topics([*ns.topics(), outbox, *internal])
+        if backend == "sqs" and endpoints.sqs is not None:
+            client = sync_client(endpoints.sqs)
+            for queue in (topics.sqs_queue(name), topics.sqs_dlq_queue(name)):
+                with contextlib.suppress(Exception):
+                    client.delete_queue(QueueUrl=client.get_queue_url(QueueName=queue)["QueueUrl"])
 
 
 if __name__ == "__main__":

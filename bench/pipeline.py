@@ -75,6 +75,7 @@ from connectors.endpoints import Endpoints, KafkaAccess  # noqa: E402
 from connectors.kafka.admin import KafkaAdmin, TopicSpec  # noqa: E402
 from connectors.kafka.config import admin_config, client_config, producer_config  # noqa: E402
 from connectors.local.errors import StackError  # noqa: E402
+from connectors.sqs.client import local_access  # noqa: E402
 from streams import topics  # noqa: E402
 from streams.client.sdk import WalWriter  # noqa: E402
 from streams.codec import Codec  # noqa: E402
@@ -162,14 +163,17 @@ def resolve_endpoints() -> tuple[Endpoints, dict[str, int]]:
     if settings.mode is StackMode.EXTERNAL:
         ext = settings.external
         host, _, port = ext.cassandra_contact.rpartition(":")
-        return Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security()), {}
+        sqs = local_access(settings.sqs.endpoint, settings.sqs.region)
+        return Endpoints(
+            ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security(), sqs
+        ), {}
     if settings.mode is not StackMode.LOCAL:
         raise BenchError(f"WALSTREAM_STACK_MODE={settings.mode.value} is not supported here; use local or external")
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from connectors.local.stack import LocalStack
 
     stack = LocalStack(settings.local)
     pids = stack.pids()
-    missing = [name for name in SERVICE_NAMES if name not in pids]
+    missing = [name for name in stack.names if name not in pids]
     if missing:
         raise BenchError(
             f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
@@ -1480,7 +1484,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --only produce: run the SDK phase under cProfile and write the profile here (slower: figures are "
         "not comparable)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("kafka", "sqs"),
+        default="kafka",
+        help="sqs: the pipeline's rate on an SQS namespace beside a Kafka one, measured the same way "
+        "(bench/backends.py; --entries defaults to 2000 there)",
+    )
     args = parser.parse_args(argv)
+    if args.backend == "sqs":
+        from bench.backends import compare
+
+        if "--entries" not in (argv if argv is not None else sys.argv[1:]):
+            args.entries = 2_000
+        endpoints, _ = resolve_endpoints()
+        return compare(endpoints, args)
     if args.only and (args.secure or args.own_stack):
         parser.error("--only runs on the configured stack; it does not combine with --secure or --own-stack")
     if args.entries < 10:

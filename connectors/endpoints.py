@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from connectors.sqs.client import SqsAccess
 from streams.config import ClientSecurity, KafkaSecurity
 
 
@@ -39,6 +40,8 @@ class Endpoints:
     cassandra_port: int
     elasticsearch_url: str
     security: ClientSecurity = field(default_factory=ClientSecurity)
+    #: Where namespaces with ``backend: sqs`` keep their log (None: nowhere configured).
+    sqs: SqsAccess | None = None
 
     @property
     def kafka(self) -> KafkaAccess:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from connectors.endpoints import Endpoints
 from connectors.local import versions
 from connectors.local.errors import UnsupportedMode
+from connectors.sqs.client import local_access
 from streams.config import Settings, StackMode
 
 Progress = Callable[[str], None]
@@ -19,7 +20,14 @@ def provision(settings: Settings, progress: Progress = lambda _m: None) -> Itera
     if settings.mode is StackMode.EXTERNAL:
         ext = settings.external
         host, _, port = ext.cassandra_contact.rpartition(":")
-        yield Endpoints(ext.kafka_bootstrap, host, int(port), ext.elasticsearch_url, settings.client_security())
+        yield Endpoints(
+            ext.kafka_bootstrap,
+            host,
+            int(port),
+            ext.elasticsearch_url,
+            settings.client_security(),
+            sqs=local_access(settings.sqs.endpoint, settings.sqs.region),
+        )
     elif settings.mode is StackMode.LOCAL:
         from connectors.local.stack import LocalStack
 

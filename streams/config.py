@@ -8,9 +8,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streams.regions import RegionSettings
+from streams.security_settings import CassandraSecurity as CassandraSecurity
+from streams.security_settings import ClientSecurity as ClientSecurity
+from streams.security_settings import ElasticsearchSecurity as ElasticsearchSecurity
+from streams.security_settings import KafkaProtocol as KafkaProtocol
+from streams.security_settings import KafkaSecurity as KafkaSecurity
+from streams.security_settings import SaslMechanism as SaslMechanism
+from streams.sqs_settings import SqsSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -52,9 +59,12 @@ class LocalStackSettings(_Frozen):
     kafka_west_port: Port = 19094
     kafka_west_controller_port: Port = 19095
     mirror_heap: str = "256m"
+    #: ElasticMQ, the SQS-compatible server of the stack (queues of namespaces with ``backend: sqs``).
+    sqs_port: Port = 19324
     kafka_heap: str = "512m"
     cassandra_heap: str = "1g"
     elasticsearch_heap: str = "512m"
+    sqs_heap: str = "160m"
     #: The system user Elasticsearch runs as when the stack is started by root (it refuses root).
     elasticsearch_user: str = "walstream"
     start_timeout_s: float = Field(default=240.0, gt=0)
@@ -62,7 +72,7 @@ class LocalStackSettings(_Frozen):
     #: security module and TLS. Certificates and passwords are generated into ``<stack_dir>/secrets``.
     secure: bool = False
 
-    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap", "mirror_heap")
+    @field_validator("kafka_heap", "cassandra_heap", "elasticsearch_heap", "mirror_heap", "sqs_heap")
     @classmethod
     def _heap_size(cls, value: str) -> str:
         digits, unit = value[:-1], value[-1:].lower()
@@ -90,6 +100,7 @@ class LocalStackSettings(_Frozen):
             "elasticsearch_transport_port": self.elasticsearch_transport_port,
             "kafka_west_port": self.kafka_west_port,
             "kafka_west_controller_port": self.kafka_west_controller_port,
+            "sqs_port": self.sqs_port,
         }
 
 
@@ -107,109 +118,6 @@ class ExternalEndpointSettings(_Frozen):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} must look like host:port")
         return value
-
-
-class KafkaProtocol(StrEnum):
-    """How a Kafka client talks to the brokers. SASL without TLS is not offered: it sends passwords in the clear."""
-
-    PLAINTEXT = "PLAINTEXT"
-    SSL = "SSL"
-    SASL_SSL = "SASL_SSL"
-
-
-class SaslMechanism(StrEnum):
-    SCRAM_SHA_512 = "SCRAM-SHA-512"
-    SCRAM_SHA_256 = "SCRAM-SHA-256"
-    PLAIN = "PLAIN"
-
-
-def _pair(first: object, second: object, names: str) -> None:
-    if (first is None) != (second is None):
-        raise ValueError(f"{names} go together")
-
-
-class KafkaSecurity(_Frozen):
-    """The Kafka clients' side of a secured cluster: every producer, consumer, admin client and the Faust worker."""
-
-    protocol: KafkaProtocol = KafkaProtocol.PLAINTEXT
-    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
-    username: str | None = None
-    password: SecretStr | None = None
-    #: The CA that signed the brokers' certificates (PEM); without it the system's CAs are trusted.
-    ca_file: Path | None = None
-    #: A client certificate and its key (PEM), for brokers that require one.
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> KafkaSecurity:
-        _pair(self.cert_file, self.key_file, "WALSTREAM_KAFKA_CERT_FILE and WALSTREAM_KAFKA_KEY_FILE")
-        sasl = self.protocol is KafkaProtocol.SASL_SSL
-        if sasl and (self.username is None or self.password is None):
-            raise ValueError(
-                "WALSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs WALSTREAM_KAFKA_USERNAME and "
-                "WALSTREAM_KAFKA_PASSWORD (or WALSTREAM_KAFKA_PASSWORD_FILE)"
-            )
-        if not sasl and (self.username is not None or self.password is not None):
-            raise ValueError("WALSTREAM_KAFKA_USERNAME and _PASSWORD need WALSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL")
-        if self.protocol is KafkaProtocol.PLAINTEXT and (self.ca_file or self.cert_file):
-            raise ValueError(
-                "WALSTREAM_KAFKA_CA_FILE and _CERT_FILE need WALSTREAM_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
-            )
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.protocol is not KafkaProtocol.PLAINTEXT
-
-
-class CassandraSecurity(_Frozen):
-    """Password authentication and client TLS towards Cassandra."""
-
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: Path | None = None
-    #: Check that the node's certificate names the host connected to (on unless said otherwise).
-    verify_hostname: bool = True
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CassandraSecurity:
-        _pair(self.username, self.password, "WALSTREAM_CASSANDRA_USERNAME and WALSTREAM_CASSANDRA_PASSWORD")
-        _pair(self.cert_file, self.key_file, "WALSTREAM_CASSANDRA_CERT_FILE and WALSTREAM_CASSANDRA_KEY_FILE")
-        if not self.tls and (self.ca_file or self.cert_file):
-            raise ValueError("WALSTREAM_CASSANDRA_CA_FILE and _CERT_FILE need WALSTREAM_CASSANDRA_TLS=true")
-        return self
-
-
-class ElasticsearchSecurity(_Frozen):
-    """Basic auth or an API key towards Elasticsearch; TLS follows the URL (https) with a CA or a fingerprint."""
-
-    username: str | None = None
-    password: SecretStr | None = None
-    api_key: SecretStr | None = None
-    ca_file: Path | None = None
-    #: The SHA-256 fingerprint of the server's certificate, instead of a CA.
-    fingerprint: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ElasticsearchSecurity:
-        _pair(self.username, self.password, "WALSTREAM_ELASTICSEARCH_USERNAME and WALSTREAM_ELASTICSEARCH_PASSWORD")
-        if self.api_key is not None and self.username is not None:
-            raise ValueError("WALSTREAM_ELASTICSEARCH_API_KEY and _USERNAME are alternatives: set one")
-        if self.ca_file is not None and self.fingerprint is not None:
-            raise ValueError("WALSTREAM_ELASTICSEARCH_CA_FILE and _FINGERPRINT are alternatives: set one")
-        return self
-
-
-class ClientSecurity(_Frozen):
-    """How walstream authenticates to, and encrypts its connections with, the three services."""
-
-    kafka: KafkaSecurity = KafkaSecurity()
-    cassandra: CassandraSecurity = CassandraSecurity()
-    elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
 
 
 class RuntimeSettings(_Frozen):
@@ -286,6 +194,7 @@ class Settings(_Frozen):
     runtime: RuntimeSettings
     api: ApiSettings = ApiSettings()
     region: RegionSettings = RegionSettings()
+    sqs: SqsSettings = SqsSettings()
     kafka: KafkaSecurity = KafkaSecurity()
     cassandra: CassandraSecurity = CassandraSecurity()
     elasticsearch: ElasticsearchSecurity = ElasticsearchSecurity()
@@ -306,6 +215,14 @@ _ENV_FIELDS: dict[str, tuple[str | None, str]] = {
     "CASSANDRA_STORAGE_PORT": ("local", "cassandra_storage_port"),
     "ELASTICSEARCH_PORT": ("local", "elasticsearch_port"),
     "ELASTICSEARCH_TRANSPORT_PORT": ("local", "elasticsearch_transport_port"),
+    "SQS_PORT": ("local", "sqs_port"),
+    "SQS_HEAP": ("local", "sqs_heap"),
+    "SQS_ENDPOINT": ("sqs", "endpoint"),
+    "SQS_REGION": ("sqs", "region"),
+    "SQS_MAX_DELAY_S": ("sqs", "max_delay_s"),
+    "SQS_RECEIVES": ("sqs", "receives"),
+    "SQS_VISIBILITY_S": ("sqs", "visibility_s"),
+    "SQS_WAIT_S": ("sqs", "wait_s"),
     "KAFKA_HEAP": ("local", "kafka_heap"),
     "STACK_REGIONS": ("local", "regions"),
     "KAFKA_WEST_PORT": ("local", "kafka_west_port"),
@@ -395,6 +312,7 @@ def load_settings(env: Mapping[str, str] | None = None, uid: int | None = None) 
         "runtime": {"data_dir": data_dir},
         "api": {},
         "region": {},
+        "sqs": {},
         "kafka": {},
         "cassandra": {},
         "elasticsearch": {},

@@ -130,3 +130,13 @@ def all_topics(namespace: str, tiers: Iterable[str]) -> tuple[str, ...]:
     if len(set(retries)) != len(retries):
         raise ValueError(f"retry tiers of namespace {namespace!r} repeat a tier")
     return (wal_topic(namespace), *retries, dlq_topic(namespace), cdc_topic(namespace))
+
+
+def sqs_queue(namespace: str) -> str:
+    """The queue of a namespace with ``backend: sqs``: ``wal-<ns>`` (queue names take no dots)."""
+    return f"wal-{validate_namespace_name(namespace)}"
+
+
+def sqs_dlq_queue(namespace: str) -> str:
+    """The dead-letter queue of an SQS namespace: ``wal-<ns>-dlq``."""
+    return f"{sqs_queue(namespace)}-dlq"

@@ -46,6 +46,7 @@ MIRROR = (
     Coordinate("org.slf4j", "slf4j-reload4j", versions.SLF4J_VERSION),
 )
 CASSANDRA = (Coordinate("org.apache.cassandra", "cassandra-all", versions.CASSANDRA_VERSION),)
+ELASTICMQ = (Coordinate("org.elasticmq", "elasticmq-server_2.13", versions.ELASTICMQ_VERSION),)
 ELASTICSEARCH = Coordinate(
     "org.elasticsearch.distribution.integ-test-zip", "elasticsearch", versions.ELASTICSEARCH_VERSION, "zip"
 )
@@ -83,6 +84,9 @@ class ArtifactCache:
 
     def cassandra_lib(self) -> Path:
         return self._resolve_jars(f"cassandra-{versions.CASSANDRA_VERSION}", CASSANDRA)
+
+    def elasticmq_lib(self) -> Path:
+        return self._resolve_jars(f"elasticmq-{versions.ELASTICMQ_VERSION}", ELASTICMQ)
 
     def elasticsearch_home(self) -> Path:
         """The unpacked distribution (read-only for the running node: its config lives in the stack dir)."""

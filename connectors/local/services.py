@@ -565,6 +565,80 @@ class Elasticsearch(Service):
         return health.get("status") in {"yellow", "green"} and not health.get("timed_out", False)
 
 
+class ElasticMQ(Service):
+    """The SQS-compatible server. Its SQL storage (an H2 file in its folder, written at once) keeps the queues and
+    their messages, so a restart loses no queue and no message the server acknowledged."""
+
+    name = "elasticmq"
+
+    def ports(self) -> dict[str, int]:
+        return {"sqs_port": self.settings.sqs_port}
+
+    @property
+    def client_port(self) -> int:
+        return self.settings.sqs_port
+
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.settings.sqs_port}"
+
+    def fetch(self, cache: ArtifactCache) -> None:
+        cache.elasticmq_lib()
+
+    def prepare(self, cache: ArtifactCache) -> Launch:
+        lib = cache.elasticmq_lib()
+        s = self.settings
+        conf, data = self.dir / "conf", self.dir / "data"
+        conf.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        hocon = conf / "elasticmq.conf"
+        hocon.write_text(
+            'include classpath("application.conf")\n'
+            f'node-address {{ protocol = "http", host = "{HOST}", port = {s.sqs_port}, context-path = "" }}\n'
+            f'rest-sqs {{ enabled = true, bind-port = {s.sqs_port}, bind-hostname = "{HOST}", sqs-limits = strict }}\n'
+            "generate-node-address = false\n"
+            "messages-storage {\n"
+            "  enabled = true\n"
+            '  driver-class = "org.h2.Driver"\n'
+            # WRITE_DELAY=0: H2 commits every change to its file at once, not half a second later.
+            f'  uri = "jdbc:h2:{data / "messages"};WRITE_DELAY=0"\n'
+            '  username = ""\n  password = ""\n  prune-data-on-init = false\n'
+            "}\n"
+            'aws { region = "us-east-1", accountId = "000000000000" }\n'
+            "pekko.loglevel = INFO\n"
+        )
+        logback = conf / "logback.xml"
+        logback.write_text(
+            '<configuration scan="false">\n'
+            '  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">\n'
+            "    <encoder><pattern>%d{ISO8601} %-5level %logger{20} - %msg%n</pattern></encoder>\n"
+            "  </appender>\n"
+            '  <logger name="org.elasticmq" level="INFO"/>\n'
+            '  <root level="WARN"><appender-ref ref="STDOUT"/></root>\n'
+            "</configuration>\n"
+        )
+        argv = [
+            str(self.java.java),
+            f"-Xms{s.sqs_heap}",
+            f"-Xmx{s.sqs_heap}",
+            "-XX:+UseSerialGC",
+            "-XX:+ExitOnOutOfMemoryError",
+            f"-Dconfig.file={hocon}",
+            f"-Dlogback.configurationFile={logback}",
+            "-cp",
+            f"{lib}/*",
+            "org.elasticmq.server.Main",
+        ]
+        return Launch(argv=argv, env=self._base_env(), cwd=self.dir, log=self.log)
+
+    def ready(self) -> bool:
+        url = f"{self.endpoint()}/?Action=ListQueues"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
     os.chown(root, uid, gid)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -721,6 +795,7 @@ def all_services(settings: LocalStackSettings, java: JavaRuntime) -> list[Servic
         Kafka(settings, java),
         Cassandra(settings, java),
         Elasticsearch(settings, java),
+        ElasticMQ(settings, java),
         KafkaWest(settings, java),
         MirrorMaker(settings, java),
     ]

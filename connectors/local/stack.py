@@ -32,16 +32,18 @@ from connectors.local.process import (
     stop,
 )
 from connectors.local.services import HOST, LOCAL_REGIONS, Service, all_services, describe_failure
+from connectors.sqs.client import SqsAccess
 from streams.config import LocalStackSettings
 
 Progress = Callable[[str], None]
 
 StateEntry = dict[str, Any]
 
-SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch")
+SERVICE_NAMES = ("kafka", "cassandra", "elasticsearch", "elasticmq")
 #: What ``regions=2`` adds: the second region's Kafka and the MirrorMaker 2 process between the two.
 REGION_SERVICE_NAMES = ("kafka-west", "mirrormaker")
 ALL_SERVICE_NAMES = (*SERVICE_NAMES, *REGION_SERVICE_NAMES)
+_OPEN_ONLY = ("elasticmq",)
 _MIN_FREE_BYTES = 2 << 30
 _STOP_GRACE_S = 30.0
 
@@ -99,7 +101,8 @@ class LocalStack:
         if recorded is not None and recorded != settings.secure:
             settings = settings.model_copy(update={"secure": recorded})
         self.settings = settings
-        self.names = [n for n in ALL_SERVICE_NAMES if n in services]
+        # ElasticMQ has no TLS or passwords: a secured stack runs without it (SQS namespaces need an open one).
+        self.names = [n for n in ALL_SERVICE_NAMES if n in services and not (settings.secure and n in _OPEN_ONLY)]
         self._progress = progress
         self._state_path = settings.stack_dir / "state.json"
         self._java: JavaRuntime | None = None
@@ -244,6 +247,7 @@ class LocalStack:
             cassandra_host=HOST,
             cassandra_port=s.cassandra_port,
             elasticsearch_url=f"{scheme}://{HOST}:{s.elasticsearch_port}",
+            sqs=None if self.secure else SqsAccess(f"http://{HOST}:{s.sqs_port}", static_credentials=True),
         )
         if self.secure:
             endpoints = replace(endpoints, security=secured.client_security(self.secrets))
@@ -276,6 +280,7 @@ class LocalStack:
             "WALSTREAM_KAFKA_BOOTSTRAP": f"{HOST}:{s.kafka_port}",
             "WALSTREAM_CASSANDRA_CONTACT": f"{HOST}:{s.cassandra_port}",
             "WALSTREAM_ELASTICSEARCH_URL": f"{scheme}://{HOST}:{s.elasticsearch_port}",
+            "WALSTREAM_SQS_ENDPOINT": f"http://{HOST}:{s.sqs_port}",
         }
         if region is not None:
             regions = self.region_endpoints()
@@ -285,6 +290,7 @@ class LocalStack:
             env["WALSTREAM_REGION"] = region
             env["WALSTREAM_REGION_ENDPOINTS"] = json.dumps(regions, separators=(",", ":"))
         if self.secure:
+            del env["WALSTREAM_SQS_ENDPOINT"]
             env.update(secured.client_security_env(self.secrets))
         return env
 
@@ -408,7 +414,7 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
     caller removes ``stack_dir.parent`` once the stack is down."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
-    kafka, controller, cassandra, storage, es, transport, west, west_controller = free_ports(8)
+    kafka, controller, cassandra, storage, es, transport, sqs, west, west_controller = free_ports(9)
     return settings.model_copy(
         update={
             "stack_dir": base / "stack",
@@ -419,6 +425,7 @@ def scratch_settings(settings: LocalStackSettings, secure: bool, prefix: str) ->
             "cassandra_storage_port": storage,
             "elasticsearch_port": es,
             "elasticsearch_transport_port": transport,
+            "sqs_port": sqs,
             "kafka_west_port": west,
             "kafka_west_controller_port": west_controller,
         }
@@ -431,4 +438,4 @@ def _record_security(stack_dir: Path, secure: bool) -> None:
 
 def _start_order(svc: Service) -> int:
     # The slowest starter goes first so the three overlap as much as possible.
-    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2, "kafka-west": 3, "mirrormaker": 4}[svc.name]
+    return {"cassandra": 0, "elasticsearch": 1, "kafka": 2, "elasticmq": 3, "kafka-west": 4, "mirrormaker": 5}[svc.name]

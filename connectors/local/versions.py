@@ -13,6 +13,8 @@ CASSANDRA_VERSION: Final = "5.0.8"
 #: The integ-test-zip distribution: no bundled JDK, only the modules a REST node needs.
 #: The Python client's major version (pyproject.toml) must match this major.
 ELASTICSEARCH_VERSION: Final = "8.19.7"
+#: The SQS-compatible server of the local stack (Scala 2.13 build; runs on Java 17).
+ELASTICMQ_VERSION: Final = "1.7.1"
 
 #: The Java feature version every service above is run on.
 JAVA_FEATURE_VERSION: Final = 17

@@ -16,6 +16,7 @@ class RejectCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"  # the namespace does not exist
     UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid token where one is needed
     PERMISSION_DENIED = "PERMISSION_DENIED"  # a known identity the namespace does not list
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # the call cannot work for this namespace as it is configured
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # load shedding: retry later, with backoff
     UNAVAILABLE = "UNAVAILABLE"  # the server is shutting down: retry elsewhere
 

@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from connectors.endpoints import Kafka
+from connectors.sqs.client import SqsAccess
 from streams.api import messages
 from streams.api.auth import Identifies, TokenRegistry, TokensFile
 from streams.api.health import ApiHealth, KafkaWatch
@@ -83,6 +84,10 @@ class ServerOptions:
     kafka_unreachable_s: float = 60.0
     #: Share the port with other processes (SO_REUSEPORT); only a supervisor of several server processes sets it.
     reuse_port: bool = False
+    #: Where namespaces with ``backend: sqs`` are written (None: their writes are refused, naming the setting).
+    sqs: SqsAccess | None = None
+    #: The longest delay one SQS message carries (WALSTREAM_SQS_MAX_DELAY_S).
+    sqs_max_delay_s: int = 900
 
 
 class RunningServer:
@@ -147,7 +152,9 @@ async def start_server(bootstrap: Kafka, namespaces: Mapping[str, Namespace], op
     tokens_file = TokensFile(options.tokens_file) if options.tokens_file is not None else None
     tokens: Identifies = tokens_file if tokens_file is not None else TokenRegistry()
     overrides = {"linger.ms": options.linger_ms, **options.producer_overrides}
-    writer = WalWriter(bootstrap, namespaces, producer_overrides=overrides)
+    writer = WalWriter(
+        bootstrap, namespaces, producer_overrides=overrides, sqs=options.sqs, sqs_max_delay_s=options.sqs_max_delay_s
+    )
     batches = AtomicWalWriter(
         bootstrap,
         size=options.transactional_producers,

@@ -25,7 +25,7 @@ from streams.api.messages import (
     WriteRequest,
     op_of,
 )
-from streams.api.rejections import FIELD_METADATA, Rejected, Rejection, invalid
+from streams.api.rejections import FIELD_METADATA, RejectCode, Rejected, Rejection, invalid
 from streams.api.shedding import InFlightLimiter
 from streams.api.stream import EntryStream, StreamWrites
 from streams.api.validation import (
@@ -299,6 +299,15 @@ class WalService:
 
     async def _write_batch(self, request: BatchRequest, caller: Caller, headers: Mapping[str, str]) -> BatchResponse:
         ns = self._validator.namespace(request.namespace)
+        if ns.backend == "sqs":
+            raise Rejected(
+                Rejection(
+                    RejectCode.FAILED_PRECONDITION,
+                    "namespace",
+                    f"namespace {ns.name!r} uses backend sqs, which has no transactions: WriteBatch is all or "
+                    "nothing only on a Kafka log. Write its entries with WriteToLog or WriteStream instead.",
+                )
+            )
         deletes = [op_of(spec.op) is Op.DELETE for spec in request.entries]
         if not deletes or not all(deletes):
             authorize(ns, caller, Grant.WRITE)

@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from connectors.endpoints import Kafka
 from connectors.kafka.producer import DurableProducer
 from connectors.kafka.transactions import BatchFault, TransactionalWriter
+from connectors.sqs.client import ENDPOINT_SETTING, SqsAccess, SqsUnavailable
+from connectors.sqs.log import QueuedEntry, SqsLog
+from streams import topics
 from streams.codec import Codec
+from streams.core.schedule import due_ms, queue_delay_s
 from streams.model import Op, WalEntry, new_entry
 from streams.namespaces import Namespace, UnknownTargetError
 from streams.payload import PayloadCodec, PayloadError
 from streams.ports import Delivery, Durable, Producer
-from streams.tracing import with_trace
+from streams.tracing import TRACE_HEADERS, with_trace
 
 T = TypeVar("T")
+
+#: The message attribute with the entry's id (the trace context travels in attributes of its own names).
+ENTRY_ID_ATTRIBUTE = "walstream-entry-id"
 
 
 class WalWriter:
@@ -36,12 +44,19 @@ class WalWriter:
         codec: Codec | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
         producer: Producer | None = None,
+        sqs: SqsAccess | None = None,
+        sqs_max_delay_s: int = 900,
     ) -> None:
-        """``producer`` replaces the Kafka producer built from ``bootstrap`` (tests pass an in-memory one)."""
+        """``producer`` replaces the Kafka producer built from ``bootstrap`` (tests pass an in-memory one).
+        Namespaces with ``backend: sqs`` are written to their queue at ``sqs``; a delay longer than
+        ``sqs_max_delay_s`` is held by the queue that long, and the workers send it on with its remainder."""
         self._namespaces = dict(namespaces)
         self._payloads = {name: PayloadCodec(ns.payload) for name, ns in self._namespaces.items()}
         self._codec = codec or Codec()
         self._producer: Producer = producer or DurableProducer(bootstrap, producer_overrides)
+        self._queues = {name: topics.sqs_queue(name) for name, ns in self._namespaces.items() if ns.backend == "sqs"}
+        self._sqs = SqsLog(sqs) if sqs is not None and self._queues else None
+        self._sqs_max_delay_s = sqs_max_delay_s
 
     def prepare(
         self,
@@ -105,20 +120,69 @@ class WalWriter:
         return await self.write_entry(entry)
 
     async def write_entry(self, entry: WalEntry) -> Delivery:
+        if entry.namespace in self._queues:
+            if self._sqs is None:
+                return _result(entry, Delivery(Durable.FALSE, self._no_endpoint()))
+            return _result(entry, await self._sqs.send(self._queued(entry)))
         record = self._codec.log_record(entry)
         delivery = await self._producer.send(record.topic, record.key, record.value, record.headers)
         return _result(entry, delivery)
 
     async def write_many(self, entries: Sequence[WalEntry]) -> list[Delivery]:
         """Write prepared entries in bulk: one answer per entry, in order. Entries of one key keep their order in
-        the log. Cheaper per entry than ``write_entry`` (one future for the lot, not one each)."""
+        the log (a Kafka log; an SQS queue keeps no order, the targets' versions make it irrelevant). Cheaper per
+        entry than ``write_entry`` (one future for the lot, not one each)."""
         codec = self._codec
-        return await self._producer.send_many([codec.log_record(e) for e in entries])
+        if not any(e.namespace in self._queues for e in entries):
+            return await self._producer.send_many([codec.log_record(e) for e in entries])
+        queued = [i for i, e in enumerate(entries) if e.namespace in self._queues]
+        logged = [i for i, e in enumerate(entries) if e.namespace not in self._queues]
+        answers: list[Delivery] = [Delivery(Durable.UNKNOWN)] * len(entries)
+        if logged:
+            sent = await self._producer.send_many([codec.log_record(entries[i]) for i in logged])
+            for i, delivery in zip(logged, sent, strict=True):
+                answers[i] = delivery
+        if self._sqs is None:
+            sent = [Delivery(Durable.FALSE, self._no_endpoint())] * len(queued)
+        else:
+            sent = await self._sqs.send_many([self._queued(entries[i]) for i in queued])
+        for i, delivery in zip(queued, sent, strict=True):
+            answers[i] = _result(entries[i], delivery)
+        return answers
+
+    def uses_sqs(self, namespace: str) -> bool:
+        """Whether ``namespace`` is written to an SQS queue (no transactions there)."""
+        return namespace in self._queues
+
+    def check_queues(self) -> None:
+        """Raise SqsUnavailable (naming the setting) unless every SQS namespace's queue answers."""
+        for queue in self._queues.values():
+            self._queue_log().check(queue)
+
+    def _queue_log(self) -> SqsLog:
+        if self._sqs is None:
+            raise SqsUnavailable(self._no_endpoint())
+        return self._sqs
+
+    def _no_endpoint(self) -> str:
+        return (
+            f"namespace(s) {', '.join(sorted(self._queues))} use backend sqs and no SQS endpoint is configured; "
+            f"set {ENDPOINT_SETTING} (the local stack sets it: `walstream stack env`)"
+        )
+
+    def _queued(self, entry: WalEntry) -> QueuedEntry:
+        due = due_ms(entry)
+        delay = queue_delay_s(due, int(time.time() * 1000), self._sqs_max_delay_s) if due else 0
+        attributes = {ENTRY_ID_ATTRIBUTE: entry.entry_id}
+        attributes.update({k: entry.headers[k] for k in TRACE_HEADERS if k in entry.headers})
+        return QueuedEntry(self._queues[entry.namespace], self._codec.encode_entry(entry), attributes, delay)
 
     def flush(self, timeout: float = 30.0) -> int:
         return self._producer.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> int:
+        if self._sqs is not None:
+            self._sqs.close()
         return self._producer.close(timeout)
 
     def reaches_kafka(self, timeout: float = 2.0) -> bool:
@@ -181,6 +245,10 @@ class SyncWalWriter:
     def submit_entry(self, entry: WalEntry) -> concurrent.futures.Future[Delivery]:
         """Start writing a prepared entry; many can be in flight at once."""
         return asyncio.run_coroutine_threadsafe(self._writer.write_entry(entry), self._loop)
+
+    def write_many(self, entries: Sequence[WalEntry], timeout: float | None = None) -> list[Delivery]:
+        """Write prepared entries in bulk (WalWriter.write_many): one answer per entry, in order."""
+        return self._call(self._writer.write_many(entries), timeout)
 
     def submit(self, namespace: str, key: str, op: Op | str, payload: Any = None, **options: Any) -> Any:
         """Start a write and return a concurrent future, so many writes can be in flight at once."""

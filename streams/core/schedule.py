@@ -77,3 +77,11 @@ def due_ms(entry: WalEntry) -> int:
     if entry.lifecycle.delay_ms <= 0 and entry.lifecycle.jitter_ms <= 0:
         return 0
     return entry.lifecycle.original_write_time // 1000 + entry.lifecycle.delay_ms + jitter_ms(entry)
+
+
+def queue_delay_s(due: int, now_ms: int, cap_s: int) -> int:
+    """Whole seconds an SQS queue may hold a message due at ``due`` (ms) without releasing it early: the wait
+    rounded down, at most ``cap_s`` (SQS allows 900). 0 when it is due."""
+    if due <= now_ms:
+        return 0
+    return min((due - now_ms) // 1000, cap_s)

@@ -8,15 +8,30 @@ from typing import Annotated, Any, Literal, TypeAlias, get_args, overload
 
 from fastavro import parse_schema
 from fastavro.schema import SchemaParseException
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 from pydantic import field_validator as _field_validator
 
+from streams.namespaces.fields import (
+    CQL_NAME,
+    CqlName,
+    EsFieldName,
+    EsIndexName,
+    KafkaTopic,
+    NameList,
+    PayloadField,
+    TargetName,
+    es_index,
+    valid_retention,
+)
+from streams.namespaces.fields import Model as _Model
+from streams.namespaces.fields import one_of as _one_of
 from streams.namespaces.problems import Problem as Problem
 from streams.namespaces.problems import Problems as Problems
 from streams.namespaces.problems import UnknownTargetError as UnknownTargetError
 from streams.topics import (
     DEFAULT_RETENTION,
     all_topics,
+    cdc_topic,
     origin_region,
     parse_duration,
     parse_retention,
@@ -29,98 +44,15 @@ from streams.topics import (
 CassandraType = Literal["text", "int", "bigint", "double", "boolean", "timestamp", "blob", "uuid"]
 ElasticsearchType = Literal["keyword", "text", "long", "integer", "double", "boolean", "date"]
 Persona = Literal["fanout", "delay-queue", "replication"]
+#: Where a namespace's log lives: Kafka topics (the default) or an SQS-compatible queue.
+Backend = Literal["kafka", "sqs"]
 PayloadFormat = Literal["json", "avro"]
 TargetType = Literal["cassandra", "elasticsearch", "kafka"]
 
 DEFAULT_TIERS: tuple[str, ...] = ("1s", "10s", "1m", "10m")
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-
-_TARGET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_CQL_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
-_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-_ES_INDEX_FORBIDDEN = set(' \\/*?"<>|,#:')
-
-
-# -- errors ------------------------------------------------------------------------------------------------------------
-
-
-# -- field types -------------------------------------------------------------------------------------------------------
-
-
-def _one_of(kind: Any) -> BeforeValidator:
-    """Refuse a value outside the Literal ``kind`` with a message listing the choices."""
-    choices: tuple[str, ...] = get_args(kind)
-
-    def check(value: object) -> object:
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _matching(pattern: re.Pattern[str], what: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if pattern.fullmatch(value) is None:
-            raise ValueError(f"{value!r} is not a valid {what}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _es_index(value: str) -> str:
-    if (
-        not value
-        or value != value.lower()
-        or value[0] in "_-+"
-        or value in {".", ".."}
-        or _ES_INDEX_FORBIDDEN.intersection(value)
-        or len(value.encode()) > 255
-    ):
-        raise ValueError(
-            f'{value!r} is not a valid Elasticsearch index name (lowercase, no spaces or any of \\/*?"<>|,#:, '
-            "not starting with _ - +, at most 255 bytes)"
-        )
-    return value
-
-
-def _es_field(value: str) -> str:
-    if not value or value.startswith("_") or value != value.strip():
-        raise ValueError(f"{value!r} is not a valid Elasticsearch field name (non-empty, not starting with _)")
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-def _retention(value: str) -> str:
-    parse_retention(value)
-    return value
-
-
-def _kafka_topic(value: str) -> str:
-    if _KAFKA_TOPIC.fullmatch(value) is None or value in {".", ".."}:
-        raise ValueError(f"{value!r} is not a valid Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)")
-    return value
-
-
-TargetName = Annotated[str, _matching(_TARGET_NAME, "target name ([a-z][a-z0-9_-]*, at most 64 characters)")]
-CqlName = Annotated[str, _matching(_CQL_NAME, "CQL identifier ([a-z][a-z0-9_]*, at most 48 characters)")]
-EsIndexName = Annotated[str, AfterValidator(_es_index)]
-EsFieldName = Annotated[str, AfterValidator(_es_field)]
-PayloadField = Annotated[str, AfterValidator(_non_empty)]
-KafkaTopic = Annotated[str, AfterValidator(_kafka_topic)]
-# YAML gives lists; a tuple keeps the settings immutable.
-NameList = Annotated[tuple[str, ...], Field(strict=False)]
-
-
-class _Model(BaseModel):
-    # strict: "3" is not an int and 1 is not a string; every key must be known.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
+#: SQS queue names have at most 80 characters, and the dead-letter queue is wal-<ns>-dlq.
+_SQS_NAME_MAX = 72
 
 # -- the document ------------------------------------------------------------------------------------------------------
 
@@ -311,11 +243,11 @@ class Authorization(_Model):
 def _suffixed(target: Target, suffix: str) -> Target:
     if suffix and isinstance(target, CassandraTarget):
         keyspace = target.keyspace + suffix
-        if _CQL_NAME.fullmatch(keyspace) is None:
+        if CQL_NAME.fullmatch(keyspace) is None:
             raise ValueError(f"keyspace {keyspace!r} (with the region's suffix) is not a valid CQL name")
         return target.model_copy(update={"keyspace": keyspace})
     if suffix and isinstance(target, ElasticsearchTarget):
-        return target.model_copy(update={"index": _es_index(target.index + suffix.replace("_", "-"))})
+        return target.model_copy(update={"index": es_index(target.index + suffix.replace("_", "-"))})
     return target
 
 
@@ -325,16 +257,29 @@ class Namespace(_Model):
     name: Annotated[str, AfterValidator(validate_namespace_name)]
     partitions: int = Field(default=3, ge=1, le=1000)
     persona: Annotated[Persona, _one_of(Persona)] = "fanout"
+    #: The log the namespace's entries go through: Kafka topics, or an SQS queue (``wal-<ns>``, its DLQ queue).
+    backend: Annotated[Backend, _one_of(Backend)] = "kafka"
     payload: PayloadSpec = PayloadSpec()
     targets: dict[TargetName, Target]
     retry: RetryPolicy = RetryPolicy()
     throttle: Throttle = Throttle()
     authorization: Authorization = Authorization()
     #: How long the log keeps entries (the topic's retention.ms): how far back `walstream replay` can go.
-    retention: Annotated[str, AfterValidator(_retention)] = DEFAULT_RETENTION
+    retention: Annotated[str, AfterValidator(valid_retention)] = DEFAULT_RETENTION
     replication: Replication | None = None
     #: The region this copy of the namespace is used in (``in_region``); never part of the document.
     _region: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _fits_its_backend(self) -> Namespace:
+        if self.backend == "sqs" and len(self.name) > _SQS_NAME_MAX:
+            raise Problems(
+                [Problem("name", f"an sqs namespace's name has at most {_SQS_NAME_MAX} characters (queue names)")]
+            )
+        if self.backend == "sqs" and self.replication is not None:
+            # MirrorMaker 2 replicates Kafka topics; an SQS queue has no replica in another region.
+            raise Problems([Problem("replication", "cross-region replication needs backend: kafka (it is sqs)")])
+        return self
 
     @_field_validator("targets")
     @classmethod
@@ -446,5 +391,7 @@ class Namespace(_Model):
         return tuple(parse_duration(tier) for tier in self.retry.tiers)
 
     def topics(self) -> tuple[str, ...]:
-        """Every topic this namespace needs (log, retry tiers, DLQ, CDC)."""
+        """Every topic this namespace needs: log, retry tiers, DLQ and CDC; only the CDC topic for an SQS log."""
+        if self.backend == "sqs":
+            return (cdc_topic(self.name),)
         return all_topics(self.name, self.retry.tiers)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 from connectors.endpoints import AccessRefused
 from connectors.local.errors import StackError
 from connectors.provision import provision
+from connectors.sqs.client import SqsUnavailable
 from streams.api.listen import ListenError
-from streams.config import ConfigError, StackMode, load_settings
-from streams.namespaces import NamespaceError
+from streams.config import ConfigError, Settings, StackMode, load_settings
+from streams.namespaces import Namespace, NamespaceError
 from streams.tools.common import STORES_TOO as _STORES_TOO
 from streams.tools.common import UsageError, region_endpoints
 from streams.tools.common import endpoints as _endpoints
@@ -25,6 +27,7 @@ from streams.tools.dlq_cli import dlq_show as _dlq_show
 from streams.tools.repair.cli import add_parsers as _add_repair_parsers
 from streams.tools.replication import add_parsers as _add_replication_parsers
 from streams.tools.status_view import add_parser as _add_status_parser
+from streams.topics import sqs_queue
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -73,6 +76,8 @@ def _ns_validate(args: argparse.Namespace) -> int:
         print(
             f"ok  {ns.name}: {ns.partitions} partitions, persona {ns.persona}, targets {targets}, "
             f"log retention {ns.retention}"
+            if ns.backend == "kafka"
+            else f"ok  {ns.name}: backend sqs (queue {sqs_queue(ns.name)}), persona {ns.persona}, targets {targets}"
         )
     return 0
 
@@ -83,7 +88,8 @@ def _ns_apply(args: argparse.Namespace) -> int:
     settings = load_settings()
     namespaces = _namespaces(settings, args.paths)
     local = _endpoints(settings, _STORES_TOO)
-    asyncio.run(apply_namespaces(namespaces.values(), local, progress=_say))
+    visibility = settings.sqs.visibility_s
+    asyncio.run(apply_namespaces(namespaces.values(), local, progress=_say, sqs_visibility_s=visibility))
     # A replicated namespace is made in every one of its other regions too (topics, keyspaces and indices), with
     # the same partition count, so each region's workers and MirrorMaker 2 find them.
     for region, spec in settings.region.endpoints.items():
@@ -96,7 +102,11 @@ def _ns_apply(args: argparse.Namespace) -> int:
         ]
         if there:
             _say(f"region {region}:")
-            asyncio.run(apply_namespaces(there, region_endpoints(settings, local, region), progress=_say))
+            asyncio.run(
+                apply_namespaces(
+                    there, region_endpoints(settings, local, region), progress=_say, sqs_visibility_s=visibility
+                )
+            )
     return 0
 
 
@@ -121,6 +131,9 @@ def _worker(args: argparse.Namespace) -> int:
             f"unknown namespace(s) {', '.join(unknown)}; {settings.runtime.namespace_dir} has "
             f"{', '.join(sorted(namespaces)) or 'none'}"
         )
+    queued = [n for n in chosen if namespaces[n].backend == "sqs"]
+    if queued:
+        return _sqs_worker(args, settings, [namespaces[n] for n in chosen], queued)
     group = args.group or (chosen[0] if len(chosen) == 1 else "default")
     options = WorkerOptions(
         group=group,
@@ -136,6 +149,24 @@ def _worker(args: argparse.Namespace) -> int:
     )
     endpoints = _endpoints(settings, ("kafka",) if options.role is Role.RETRY else _STORES_TOO)
     worker = Worker(endpoints, [namespaces[n] for n in chosen], options, Metrics())
+    return worker.run()
+
+
+def _sqs_worker(args: argparse.Namespace, settings: Settings, chosen: list[Namespace], queued: list[str]) -> int:
+    """A worker of SQS namespaces: its own event loop, no Faust (that is the Kafka side's framework)."""
+    from streams.metrics import Metrics
+    from streams.worker.sqs_worker import SqsWorker, SqsWorkerOptions
+
+    if len(queued) != len(chosen):
+        logged = ", ".join(ns.name for ns in chosen if ns.name not in queued)
+        raise UsageError(
+            f"namespace(s) {', '.join(queued)} use backend sqs and {logged} use kafka; run them in separate workers "
+            "(--namespaces)"
+        )
+    if args.retry or args.role == "retry":
+        raise UsageError("an SQS namespace has no retry tiers to run: its retries wait in the queue itself")
+    options = SqsWorkerOptions(settings.sqs, metrics_port=args.metrics_port, metrics_host=settings.runtime.metrics_host)
+    worker = SqsWorker(_endpoints(settings, _STORES_TOO), chosen, options, Metrics())
     return worker.run()
 
 
@@ -202,7 +233,9 @@ def _api(args: argparse.Namespace) -> int:
         metrics_host=settings.runtime.metrics_host,
         kafka_unreachable_s=api.kafka_unreachable_s,
     )
-    return serve_processes(_endpoints(settings).kafka, namespaces, options, processes)
+    endpoints = _endpoints(settings)
+    options = dataclasses.replace(options, sqs=endpoints.sqs, sqs_max_delay_s=settings.sqs.max_delay_s)
+    return serve_processes(endpoints.kafka, namespaces, options, processes)
 
 
 def _print_status(stack: object) -> bool:
@@ -354,7 +387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (StackError, ConfigError, UsageError, NamespaceError, FileNotFoundError, AccessRefused, ListenError) as exc:
+    except (
+        StackError,
+        ConfigError,
+        UsageError,
+        NamespaceError,
+        FileNotFoundError,
+        AccessRefused,
+        ListenError,
+        SqsUnavailable,
+    ) as exc:
         _say(f"walstream: error: {exc}")
         return 2
     except KeyboardInterrupt:

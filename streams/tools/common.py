@@ -9,6 +9,7 @@ from dataclasses import replace
 from connectors.endpoints import Endpoints
 from connectors.local.errors import StackError
 from connectors.provision import provision
+from connectors.sqs.client import local_access
 from streams.config import Settings, StackMode
 from streams.namespaces import Namespace
 
@@ -40,15 +41,18 @@ def find_endpoints(settings: Settings) -> Endpoints:
             return eps
     if settings.mode is StackMode.TESTCONTAINERS:
         raise StackError("containers live only as long as the process that started them; use `walstream run`")
-    from connectors.local.stack import SERVICE_NAMES, LocalStack
+    from connectors.local.stack import LocalStack
 
     stack = LocalStack(settings.local)
-    missing = [name for name in SERVICE_NAMES if name not in stack.pids()]
+    missing = [name for name in stack.names if name not in stack.pids()]
     if missing:
         raise StackError(
             f"the local stack is not running ({', '.join(missing)} down); start it with `walstream stack up`"
         )
-    return stack.endpoints()
+    endpoints = stack.endpoints()
+    if settings.sqs.endpoint is not None:
+        endpoints = replace(endpoints, sqs=local_access(settings.sqs.endpoint, settings.sqs.region))
+    return endpoints
 
 
 def namespaces(settings: Settings, paths: Sequence[str] | None) -> dict[str, Namespace]:

@@ -81,7 +81,7 @@ def run_demo(
     _reset(session, es, cass, es_target, endpoints, namespace)
 
     worker = _start_worker(namespace, namespace_dir, data_dir, say)
-    writer = SyncWalWriter(endpoints.kafka, {namespace.name: namespace})
+    writer = SyncWalWriter(endpoints.kafka, {namespace.name: namespace}, sqs=endpoints.sqs)
     try:
         entries = make_history(writer, namespace.name, count, keys, seed=int(time.time()))
         expected = expected_state(entries)

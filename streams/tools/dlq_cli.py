@@ -6,8 +6,25 @@ import argparse
 from typing import Any
 
 from connectors.endpoints import Endpoints
-from streams.config import load_settings
-from streams.tools.common import UsageError, endpoints, say
+from connectors.sqs.client import ENDPOINT_SETTING, SqsAccess
+from streams.config import Settings, load_settings
+from streams.namespaces import NamespaceError
+from streams.tools.common import UsageError, endpoints, namespaces, say
+
+
+def _is_sqs(settings: Settings, namespace: str) -> bool:
+    """Whether the namespace (when its file is in the namespace dir) keeps its log in SQS."""
+    try:
+        found = namespaces(settings, None)
+    except (NamespaceError, OSError):
+        return False
+    return namespace in found and found[namespace].backend == "sqs"
+
+
+def _sqs(where: Endpoints) -> SqsAccess:
+    if where.sqs is None:
+        raise UsageError(f"this namespace uses backend sqs and no SQS endpoint is configured; set {ENDPOINT_SETTING}")
+    return where.sqs
 
 
 def dlq_selection(args: argparse.Namespace) -> tuple[Endpoints, list[Any]]:
@@ -25,6 +42,10 @@ def dlq_selection(args: argparse.Namespace) -> tuple[Endpoints, list[Any]]:
         raise UsageError(str(exc)) from None
     where = endpoints(settings)
     found: list[Any] = []
+    if _is_sqs(settings, args.namespace):
+        from streams.tools.dlq_sqs import read_queue_letters
+
+        return where, [i for i in read_queue_letters(_sqs(where), args.namespace) if chosen.matches(i)]
     for item in read_letters(where, args.namespace):
         if isinstance(item, Letter):
             if chosen.matches(item):
@@ -88,6 +109,11 @@ def dlq_replay(args: argparse.Namespace) -> int:
     from streams.tools.dlq import replay
 
     where, letters = dlq_selection(args)
-    report = replay(where, args.namespace, letters, frozenset(args.skip), say)
+    if _is_sqs(load_settings(), args.namespace):
+        from streams.tools.dlq_sqs import replay_queue_letters
+
+        report = replay_queue_letters(_sqs(where), args.namespace, letters, frozenset(args.skip), say)
+    else:
+        report = replay(where, args.namespace, letters, frozenset(args.skip), say)
     say(report.summary())
     return 0 if report.failed == 0 else 1

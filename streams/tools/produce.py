@@ -74,7 +74,7 @@ def produce_lines(
 ) -> ProduceReport:
     """All lines are validated before any is written: a bad file writes nothing."""
     report = ProduceReport()
-    writer = SyncWalWriter(endpoints.kafka, namespaces)
+    writer = SyncWalWriter(endpoints.kafka, namespaces, sqs=endpoints.sqs)
     try:
         entries, report.rejected = parse_lines(writer, namespace, source)
         for error in report.rejected[:20]:

@@ -74,6 +74,13 @@ def status_command(args: argparse.Namespace) -> int:
     if not known:
         raise UsageError(f"no namespaces in {settings.runtime.namespace_dir} (WALSTREAM_NAMESPACE_DIR)")
     chosen = {n: known[n] for n in (args.namespaces or sorted(known))}
+    queued = sorted(n for n, ns in chosen.items() if ns.backend == "sqs")
+    if queued:
+        note = f"namespace(s) {', '.join(queued)} use backend sqs: walstream status reads Kafka logs only"
+        if len(queued) == len(chosen):
+            raise UsageError(note + " (an SQS queue's depth: its ApproximateNumberOfMessages attributes)")
+        say(note + "; left out")
+        chosen = {n: ns for n, ns in chosen.items() if n not in queued}
     where = endpoints(settings)
     group = f"walstream.{args.group}" if args.group else None
     probes = [PositionProbe(where.kafka)]

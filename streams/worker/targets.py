@@ -17,8 +17,10 @@ from connectors.elasticsearch.sink import ElasticsearchSink
 from connectors.endpoints import Endpoints
 from connectors.kafka.admin import KafkaAdmin, TopicSpec
 from connectors.kafka.sink import KafkaTopicSink
+from connectors.sqs.client import ENDPOINT_SETTING, SqsAccess, SqsUnavailable, ensure_queues
 from streams.namespaces import CassandraTarget, ElasticsearchTarget, Namespace
 from streams.ports import Producer, Sink
+from streams.topics import sqs_dlq_queue, sqs_queue
 
 Progress = Callable[[str], None]
 
@@ -109,15 +111,38 @@ def topic_specs(namespace: Namespace) -> list[TopicSpec]:
     return specs
 
 
+#: Receives beyond the retry budget before the queue itself moves a message to the dead-letter queue: a message
+#: that kills its worker every time still ends there.
+SQS_CRASH_RECEIVES = 10
+
+
+def ensure_sqs_queues(ns: Namespace, sqs: SqsAccess | None, visibility_s: int) -> dict[str, bool]:
+    """The queue and dead-letter queue of an SQS namespace (queue name -> created now)."""
+    if sqs is None:
+        raise SqsUnavailable(
+            f"namespace {ns.name} uses backend sqs and no SQS endpoint is configured; set {ENDPOINT_SETTING} "
+            "(the open local stack runs one: `walstream stack up`)"
+        )
+    max_receives = ns.retry.max_attempts + SQS_CRASH_RECEIVES
+    return ensure_queues(sqs, sqs_queue(ns.name), sqs_dlq_queue(ns.name), visibility_s, max_receives)
+
+
 async def apply_namespaces(
-    namespaces: Iterable[Namespace], endpoints: Endpoints, progress: Progress = lambda _m: None
+    namespaces: Iterable[Namespace],
+    endpoints: Endpoints,
+    progress: Progress = lambda _m: None,
+    sqs_visibility_s: int = 60,
 ) -> dict[str, Any]:
-    """Create every topic, keyspace, table and index the namespaces need. Idempotent."""
+    """Create every topic, queue, keyspace, table and index the namespaces need. Idempotent."""
     admin = KafkaAdmin(endpoints.kafka)
     connections = Connections(endpoints)
     report: dict[str, Any] = {}
     try:
         for ns in namespaces:
+            if ns.backend == "sqs":
+                queues = ensure_sqs_queues(ns, endpoints.sqs, sqs_visibility_s)
+                made = sum(queues.values())
+                progress(f"{ns.name}: queues {', '.join(queues)} ready ({made} created, {len(queues) - made} existed)")
             specs = topic_specs(ns)
             created = admin.ensure_topics(specs)
             # A topic that existed takes the namespace's settings (the log's retention) too.

@@ -7,7 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ("confluent_kafka", "faust", "mode", "aiokafka", "cassandra", "elasticsearch", "elastic_transport", "grpc")
+DRIVERS = (
+    "confluent_kafka",
+    "faust",
+    "mode",
+    "aiokafka",
+    "cassandra",
+    "elasticsearch",
+    "elastic_transport",
+    "grpc",
+    "botocore",
+    "aiobotocore",
+    "boto3",
+)
 #: What connectors/ may use of streams: plain values and contracts, never behaviour.
 CONNECTOR_MAY_USE = ("streams.model", "streams.ports", "streams.config", "streams.namespaces.spec")
 #: The only places that wire connectors in.

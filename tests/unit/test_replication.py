@@ -102,6 +102,11 @@ def test_the_replication_section_is_strictly_validated() -> None:
             parse_namespace(_doc(replication=bad))
 
 
+def test_an_sqs_namespace_cannot_be_replicated() -> None:
+    with pytest.raises(NamespaceError, match="replication: cross-region replication needs backend: kafka"):
+        parse_namespace(_doc(backend="sqs", replication={"regions": ["east", "west"]}))
+
+
 def test_a_region_consumes_its_log_and_the_others_and_keeps_its_stores_apart() -> None:
     ns = parse_namespace(_doc(replication={"regions": ["east", "west"]}))
     west = ns.in_region("west", "_west")

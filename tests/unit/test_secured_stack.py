@@ -138,6 +138,7 @@ def test_client_env_of_an_open_stack_has_no_security(tmp_path: Path) -> None:
         "WALSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
         "WALSTREAM_CASSANDRA_CONTACT": "127.0.0.1:19042",
         "WALSTREAM_ELASTICSEARCH_URL": "http://127.0.0.1:19200",
+        "WALSTREAM_SQS_ENDPOINT": "http://127.0.0.1:19324",
     }
 
 

@@ -132,6 +132,11 @@ def replay_command(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     ns = _namespace(settings, args.namespace)
+    if ns.backend == "sqs":
+        raise UsageError(
+            f"namespace {ns.name!r} uses backend sqs: a queue keeps no history to replay (replay reads a Kafka log); "
+            "`walstream backfill` copies from the primary store"
+        )
     try:
         from_ms = parse_time(args.since)
         until_ms = parse_time(args.until) if args.until else None
