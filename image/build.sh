@@ -38,8 +38,13 @@ fi
 bash "$REPO/image/wheelhouse.sh" "$PYTHON"
 
 echo "[image] building $IMAGE_REF on $BASE_REF, with no network" >&2
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE_REF" 2>/dev/null || true)
 podman build --quiet --no-cache --network=none --build-arg "PYTHON_IMAGE=$BASE_REF" --tag "$IMAGE_REF" \
   --file "$REPO/Dockerfile" "$REPO" >/dev/null
 
+# The image this build replaced would stay behind untagged: remove it (unless a container still uses it).
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$IMAGE_REF")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE_REF")
 echo "[image] built $IMAGE_REF: $((size / 1000000)) MB, in $((SECONDS - started)) s" >&2
