@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+import yaml
 
 from streams.client.failover import FailoverWriter
 from streams.client.sdk import WalWriter
@@ -224,3 +227,23 @@ def test_a_secured_stack_refuses_the_second_region_before_starting_anything(tmp_
     with pytest.raises(StackError, match="open stack only"):
         LocalStack(settings).up()
     assert not (tmp_path / "stack" / "state.json").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["verify"], ["backfill", "--from", "db", "--to", "search"], ["replay", "--from", "1h"]]
+)
+def test_the_repair_commands_refuse_a_replicated_namespace(tmp_path: Any, command: list[str]) -> None:
+
+    (tmp_path / "orders.yaml").write_text(yaml.safe_dump(_doc(replication={"regions": ["east", "west"]})))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WALSTREAM_NAMESPACE_DIR": str(tmp_path)}
+    env["WALSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.tools.cli", command[0], "orders", *command[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "namespace 'orders' is replicated (east, west)" in result.stderr
