@@ -229,11 +229,16 @@ def test_a_secured_stack_refuses_the_second_region_before_starting_anything(tmp_
     assert not (tmp_path / "stack" / "state.json").exists()
 
 
-@pytest.mark.parametrize(
-    "command", [["verify"], ["backfill", "--from", "db", "--to", "search"], ["replay", "--from", "1h"]]
-)
-def test_the_repair_commands_refuse_a_replicated_namespace(tmp_path: Any, command: list[str]) -> None:
+REPAIR_COMMANDS = [
+    ["verify"],
+    ["backfill", "--from", "db", "--to", "search"],
+    ["replay", "--from", "1h"],
+    ["reindex", "--rollback"],
+]
 
+
+@pytest.mark.parametrize("command", REPAIR_COMMANDS)
+def test_the_repair_commands_refuse_a_replicated_namespace(tmp_path: Any, command: list[str]) -> None:
     (tmp_path / "orders.yaml").write_text(yaml.safe_dump(_doc(replication={"regions": ["east", "west"]})))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WALSTREAM_NAMESPACE_DIR": str(tmp_path)}
     env["WALSTREAM_DATA_DIR"] = str(tmp_path / "data")

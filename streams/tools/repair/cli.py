@@ -36,19 +36,19 @@ def _errors_exit_2(handler: Handler) -> Handler:
     return run
 
 
-def _namespace(settings: Settings, name: str, *, replicated_ok: bool = False) -> Namespace:
+def _namespace(settings: Settings, name: str) -> Namespace:
     found = namespaces(settings, None)
     if name not in found:
         raise UsageError(
             f"unknown namespace {name!r}; {settings.runtime.namespace_dir} has {', '.join(sorted(found)) or 'none'}"
         )
     ns = found[name]
-    if ns.replication is not None and not replicated_ok:
+    if ns.replication is not None:
         # Its stores hold sequence x 16 + region rank (README, "Cross-region replication"); these commands compare
         # and write plain sequences, so they would see drift everywhere and repair nothing.
         raise UsageError(
-            f"namespace {name!r} is replicated ({', '.join(ns.replication.regions)}): verify, backfill and replay "
-            "do not support replicated namespaces yet (their stores hold versions of sequence x 16 + region rank)"
+            f"namespace {name!r} is replicated ({', '.join(ns.replication.regions)}): the repair commands do not "
+            "support replicated namespaces yet (their stores hold versions of sequence x 16 + region rank)"
         )
     return ns
 
@@ -166,7 +166,7 @@ def reindex_command(args: argparse.Namespace) -> int:
     from streams.tools.repair.stores import open_stores, pair_of
 
     settings = load_settings()
-    ns = _namespace(settings, args.namespace, replicated_ok=True)
+    ns = _namespace(settings, args.namespace)
     pair = pair_of(ns, _targets(args.targets))
     if not args.rollback and not args.mapping:
         raise UsageError("--mapping FILE is required (or --rollback)")
