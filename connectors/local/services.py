@@ -80,17 +80,20 @@ class Service(ABC):
 
 class Kafka(Service):
     name = "kafka"
+    #: The settings that hold its client and controller ports (the second region's Kafka names its own).
+    port_setting = "kafka_port"
+    controller_port_setting = "kafka_controller_port"
 
     @property
     def port(self) -> int:
-        return self.settings.kafka_port
+        return int(getattr(self.settings, self.port_setting))
 
     @property
     def controller_port(self) -> int:
-        return self.settings.kafka_controller_port
+        return int(getattr(self.settings, self.controller_port_setting))
 
     def ports(self) -> dict[str, int]:
-        return {"kafka_port": self.settings.kafka_port, "kafka_controller_port": self.settings.kafka_controller_port}
+        return {self.port_setting: self.port, self.controller_port_setting: self.controller_port}
 
     @property
     def client_port(self) -> int:
@@ -664,20 +667,8 @@ class KafkaWest(Kafka):
     """The second region's Kafka: the same recipe on its own ports and data folder (open stacks only)."""
 
     name = "kafka-west"
-
-    @property
-    def port(self) -> int:
-        return self.settings.kafka_west_port
-
-    @property
-    def controller_port(self) -> int:
-        return self.settings.kafka_west_controller_port
-
-    def ports(self) -> dict[str, int]:
-        return {
-            "kafka_west_port": self.settings.kafka_west_port,
-            "kafka_west_controller_port": self.settings.kafka_west_controller_port,
-        }
+    port_setting = "kafka_west_port"
+    controller_port_setting = "kafka_west_controller_port"
 
 
 #: The local stack's regions: the first one's Kafka is ``kafka``, the second one's ``kafka-west``.

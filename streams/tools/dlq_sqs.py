@@ -39,15 +39,7 @@ def read_queue_letters(access: SqsAccess, namespace: str, codec: Codec | None = 
     seen: dict[str, dict[str, Any]] = {}
     try:
         while True:
-            answer = client.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=BATCH,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=_LISTING_HIDE_S,
-                MessageAttributeNames=["All"],
-                AttributeNames=["All"],
-            )
-            messages = answer.get("Messages", [])
+            messages = _receive_hidden(client, url)
             fresh = [m for m in messages if m["MessageId"] not in seen]
             seen.update({m["MessageId"]: m for m in fresh})
             if not fresh:
@@ -122,14 +114,7 @@ def replay_queue_letters(
         others: dict[str, str] = {}  # letters received on the way, shown again at the end
         idle = 0
         while wanted - done and idle < 3:
-            answer = client.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=BATCH,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=_LISTING_HIDE_S,
-                MessageAttributeNames=["All"],
-            )
-            received = answer.get("Messages", [])
+            received = _receive_hidden(client, dlq_url)
             messages = [m for m in received if m["MessageId"] in wanted - done]
             others.update({m["MessageId"]: m["ReceiptHandle"] for m in received if m["MessageId"] not in wanted})
             idle = 0 if messages else idle + 1
@@ -159,3 +144,16 @@ def replay_queue_letters(
     finally:
         client.close()
     return report
+
+
+def _receive_hidden(client: Any, url: str) -> list[dict[str, Any]]:
+    """Up to a batch of letters with their attributes, hidden from other readers while a command looks at them."""
+    answer = client.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=BATCH,
+        WaitTimeSeconds=1,
+        VisibilityTimeout=_LISTING_HIDE_S,
+        MessageAttributeNames=["All"],
+        AttributeNames=["All"],
+    )
+    return list(answer.get("Messages", []))

@@ -292,3 +292,22 @@ def wait_until(
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_timeout()}")
+
+
+def delivery_lateness(
+    consumer: Any, entries: Sequence[WalEntry], timeout: float, on_timeout: Callable[[], str] = lambda: ""
+) -> tuple[dict[str, int], dict[str, int], list[int]]:
+    """Reads the outbox ``consumer`` until every entry's key arrived (first arrival counts): each key's due time
+    and arrival time in ms, and the lateness of each (arrival - due), ascending. A negative one was early."""
+    from streams.core.schedule import due_ms
+
+    due = {e.key: due_ms(e) or e.lifecycle.original_write_time // 1000 for e in entries}
+    delivered: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(delivered) < len(entries) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        delivered.setdefault(msg.key().decode(), msg.timestamp()[1])
+    assert len(delivered) == len(entries), on_timeout()
+    return due, delivered, sorted(delivered[k] - due[k] for k in due)

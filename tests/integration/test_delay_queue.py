@@ -13,9 +13,8 @@ from elasticsearch import Elasticsearch
 
 from connectors.endpoints import Endpoints
 from streams.client.sdk import SyncWalWriter
-from streams.core.schedule import due_ms
 from streams.model import Op
-from tests.integration.pipeline import WorkerProcess, create_namespace
+from tests.integration.pipeline import WorkerProcess, create_namespace, delivery_lateness
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +55,7 @@ def test_delayed_entries_are_delivered_when_due_and_never_early(
         ]
         futures = [writer.submit_entry(e) for e in entries]
         assert all(f.result(60).ok for f in futures)
-        due = {e.key: due_ms(e) or e.lifecycle.original_write_time // 1000 for e in entries}
-        delivered: dict[str, int] = {}
-        deadline = time.monotonic() + 90
-        while len(delivered) < len(entries) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            delivered.setdefault(msg.key().decode(), msg.timestamp()[1])
-        assert len(delivered) == len(entries), worker.tail()
-        lateness = sorted(delivered[k] - due[k] for k in due)
+        _, _, lateness = delivery_lateness(consumer, entries, 90, worker.tail)
         assert lateness[0] >= 0, f"delivered {-lateness[0]} ms early"
         assert lateness[len(lateness) // 2] < 1000, lateness
     finally:

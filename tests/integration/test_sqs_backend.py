@@ -37,7 +37,6 @@ from streams.client.sdk import SyncWalWriter, WalWriter
 from streams.client.stream import ApiError
 from streams.codec import Codec
 from streams.config import Settings
-from streams.core.schedule import due_ms
 from streams.model import ChangeOp, Op, WalEntry, new_entry
 from streams.namespaces import NamespaceError, parse_namespace
 from streams.ports import Delivery, Durable
@@ -47,6 +46,7 @@ from tests.integration.pipeline import (
     WorkerProcess,
     cassandra_rows,
     create_namespace,
+    delivery_lateness,
     es_docs,
     free_port,
     namespace_document,
@@ -258,16 +258,7 @@ def test_delays_up_to_a_minute_are_never_early_and_delays_past_the_per_message_c
                 for i, d in enumerate(delays)
             ]
             assert all(f.result(60).ok for f in [sdk.submit_entry(e) for e in entries])
-            due = {e.key: due_ms(e) or e.lifecycle.original_write_time // 1000 for e in entries}
-            delivered: dict[str, int] = {}
-            deadline = time.monotonic() + 180
-            while len(delivered) < len(entries) and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                delivered.setdefault(msg.key().decode(), msg.timestamp()[1])
-            assert len(delivered) == len(entries), worker.tail()
-            lateness = sorted(delivered[k] - due[k] for k in due)
+            due, delivered, lateness = delivery_lateness(consumer, entries, 180, worker.tail)
             print(f"SQS delay lateness ms: p50 {lateness[len(lateness) // 2]}, max {lateness[-1]}")
             assert lateness[0] >= 0, f"delivered {-lateness[0]} ms early"
             long_ones = [k for k in due if due[k] - entries[0].lifecycle.original_write_time // 1000 > cap_s * 3000]
